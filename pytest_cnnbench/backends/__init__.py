@@ -1,0 +1,37 @@
+"""Built-in backends, one module each behind the protocol in ``base``.
+
+Registration is cheap: each factory imports its module (and torch, ONNX Runtime or
+TensorRT) only when a cell actually runs.
+"""
+
+from __future__ import annotations
+
+from ..registry import register_backend
+
+
+@register_backend("eager", description="PyTorch eager mode under torch.inference_mode()")
+def eager():
+    from .eager import EagerBackend
+
+    return EagerBackend()
+
+
+@register_backend("torchscript", description="torch.jit.trace + freeze + optimize_for_inference")
+def torchscript():
+    from .torchscript import TorchScriptBackend
+
+    return TorchScriptBackend()
+
+
+@register_backend("ort", description="ONNX Runtime (torch.onnx export, dynamic batch, full graph optimization)")
+def ort():
+    from .ort import OrtBackend
+
+    return OrtBackend()
+
+
+@register_backend("trt", description="TensorRT through torch-tensorrt (CUDA GPUs only)")
+def trt():
+    from .trt import TrtBackend
+
+    return TrtBackend()

@@ -1,0 +1,90 @@
+"""The backend protocol: say whether you can run here, prepare a model, run batches."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from typing import Any, Callable, Optional, Protocol
+
+import torch
+
+from ..cache import ArtifactCache, hash_parts
+
+
+@dataclasses.dataclass
+class PrepareContext:
+    device: str  # resolved: "cpu" or "cuda"
+    precision: str
+    batch_size: int
+    input_shape: tuple[int, ...]
+    cache: ArtifactCache
+    model_key: str  # changes with architecture and weights
+    log: Callable[[str], None] = print
+
+
+class Prepared(Protocol):
+    provider: str  # what actually executes, e.g. "CPUExecutionProvider"
+    artifact_bytes: Optional[int]  # size of the prepared model (file or parameters)
+    cache_hit: bool  # the artifact came from the on-disk cache
+
+    def run(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits as float32 on the CPU for a float32 CPU batch (used for accuracy)."""
+
+    def bind(self, batch: torch.Tensor) -> Callable[[], Any]:
+        """A zero-argument call that runs ``batch`` once, inputs already staged: the timed unit."""
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def unavailable_reason(self, device: str, precision: str) -> Optional[str]:
+        """None if this backend can run ``precision`` on ``device`` here, else why not."""
+
+    def prepare(self, module: torch.nn.Module, ctx: PrepareContext) -> Prepared: ...
+
+
+def model_fingerprint(module: torch.nn.Module) -> str:
+    """Identify a model by architecture and weights, for artifact cache keys."""
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buffer)
+    return hash_parts(type(module).__qualname__, repr(module), buffer.getvalue())
+
+
+def parameter_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    return {"fp32": torch.float32, "fp16": torch.float16}[precision]
+
+
+class TorchPrepared:
+    """A callable torch module (eager or TorchScript) on a device."""
+
+    def __init__(self, module: Any, device: str, precision: str, provider: str, artifact_bytes: int, cache_hit: bool = False) -> None:
+        self.module = module
+        self.device = device
+        self.dtype = torch_dtype(precision)
+        self.provider = provider
+        self.artifact_bytes = artifact_bytes
+        self.cache_hit = cache_hit
+
+    def run(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(batch.to(self.device, self.dtype)).float().cpu()
+
+    def bind(self, batch: torch.Tensor) -> Callable[[], Any]:
+        staged = batch.to(self.device, self.dtype)
+        module = self.module
+        inference_mode = torch.inference_mode
+
+        def call() -> Any:
+            with inference_mode():
+                return module(staged)
+
+        return call
+
+    def close(self) -> None:
+        self.module = None

@@ -1,0 +1,246 @@
+"""The measuring side: builds models and datasets (cached per process), runs one cell, records it.
+
+``Workbench`` holds per-process state; ``CellRunner`` is what the ``cnnbench``
+fixture hands a test. Imported only when a cell runs, so torch stays out of
+collection.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections import OrderedDict
+from typing import Any, Callable, Optional
+
+import pytest
+import torch
+
+from . import registry
+from . import results as R
+from .backends.base import PrepareContext, Prepared, model_fingerprint
+from .cache import ArtifactCache, hash_parts
+from .core import BuiltModel, CellSkip, CellSpec, DatasetContext, ModelContext
+from .measure import Agreement, HostMemory, TimingRules, agreement, evaluate, time_with_benchmark
+from .options import Settings
+
+ACCURACY_BATCH = 250  # large batches for the accuracy pass: it is not the timed part
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def device_name(device: str) -> str:
+    if device == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    from .environment import cpu_model
+
+    return f"cpu: {cpu_model()}"
+
+
+class _Lru(OrderedDict):
+    """Keep only the most recent entries: models and decoded datasets are large."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def get_or_make(self, key: Any, make: Callable[[], Any]) -> Any:
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        while len(self) >= self.size:
+            self.popitem(last=False)
+            gc.collect()
+        value = self[key] = make()
+        return value
+
+
+class Workbench:
+    def __init__(self, settings: Settings, log: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.cache = ArtifactCache(settings.cache_dir)
+        self.log = log
+        self.models = _Lru(1)  # name -> (BuiltModel, fingerprint)
+        self.datasets = _Lru(2)  # (dataset, preprocess) -> (dataset, images, labels)
+        self.references: dict[tuple, torch.Tensor] = {}  # eager logits, for agreement and relative accuracy
+        self.reference_top1: dict[tuple, float] = {}
+        self.accuracy: dict[tuple, Any] = {}  # one accuracy pass per prepared artifact, shared by batch sizes
+
+    def model(self, spec: CellSpec) -> tuple[BuiltModel, str]:
+        def make() -> tuple[BuiltModel, str]:
+            entry = registry.models.get(spec.model)
+            ctx = ModelContext(
+                name=spec.model, weights=self.settings.weights, data_root=self.settings.data_root, cache=self.cache,
+                dataset=spec.dataset, input_shape=entry.meta["input_shape"], num_classes=entry.meta["num_classes"],
+                download=self.settings.download, log=self.log,
+            )
+            built = entry.factory(ctx)
+            if not isinstance(built, BuiltModel):  # a bare nn.Module: no preprocessing, weights as built
+                built = BuiltModel(built, _identity_preprocess, "random", "module returned by the factory", "identity")
+            built.module.eval()
+            return built, model_fingerprint(built.module)
+
+        return self.models.get_or_make((spec.model, self.settings.weights), make)
+
+    def dataset(self, spec: CellSpec, built: BuiltModel) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        def make() -> tuple[Any, torch.Tensor, torch.Tensor]:
+            entry = registry.models.get(spec.model)
+            ctx = DatasetContext(spec.dataset, self.settings.data_root, self.cache, entry.meta["input_shape"],
+                                 entry.meta["num_classes"], self.settings.download, self.log)
+            dataset = registry.datasets.create(spec.dataset, ctx)
+            images, labels = dataset.load(built.preprocess)
+            return dataset, images.contiguous(), labels
+
+        return self.datasets.get_or_make((spec.dataset, built.preprocess_id or id(built.preprocess)), make)
+
+    def reference(self, spec: CellSpec, device: str, built: BuiltModel, key: str, images: torch.Tensor,
+                  labels: torch.Tensor, content_id: str) -> tuple[torch.Tensor, float]:
+        """Eager fp32 logits on the cell's device: computed once, cached in memory and on disk."""
+        ref_key = (spec.model, key, content_id, device)
+        if ref_key not in self.references:
+            disk_key = hash_parts("reference", key, content_id, built.preprocess_id, device, torch.__version__)
+            path = self.cache.lookup("reference", disk_key, ".pt")
+            logits = None
+            if path is not None:
+                try:
+                    logits = torch.load(path, weights_only=True)
+                except Exception as exc:
+                    self.cache.discard(path, f"does not load: {exc}")
+            if logits is None or logits.shape[0] != len(labels):
+                from .backends.eager import EagerBackend
+
+                prepared = EagerBackend().prepare(built.module, self._prepare_ctx(spec, device, key, "fp32"))
+                logits = evaluate(prepared.run, images, labels, ACCURACY_BATCH).logits
+                self.cache.store("reference", disk_key, ".pt", lambda tmp: torch.save(logits, tmp))
+            self.set_reference(ref_key, logits, labels)
+        return self.references[ref_key], self.reference_top1[ref_key]
+
+    def set_reference(self, ref_key: tuple, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.references[ref_key] = logits
+        self.reference_top1[ref_key] = float((logits.argmax(1) == labels).float().mean())
+
+    def _prepare_ctx(self, spec: CellSpec, device: str, key: str, precision: Optional[str] = None) -> PrepareContext:
+        entry = registry.models.get(spec.model)
+        return PrepareContext(device=device, precision=precision or spec.precision, batch_size=spec.batch_size,
+                              input_shape=entry.meta["input_shape"], cache=self.cache, model_key=key, log=self.log)
+
+
+def _identity_preprocess(x: torch.Tensor) -> torch.Tensor:
+    return x.float()
+
+
+class CellRunner:
+    """The ``cnnbench`` fixture: ``run()`` measures the cell; ``check_accuracy()`` asserts thresholds."""
+
+    def __init__(self, spec: CellSpec, bench: Workbench, request: pytest.FixtureRequest, identity: dict[str, Any]) -> None:
+        self.spec = spec
+        self.bench = bench
+        self.request = request
+        self.item = request.node
+        self.device = identity["device"] = resolve_device(spec.device)
+        self.benchmark: Any = None
+        self.result: Optional[dict[str, Any]] = None
+        self.reference_top1: Optional[float] = None
+        self.backend = registry.backends.create(spec.backend)
+        reason = self.backend.unavailable_reason(self.device, spec.precision)
+        if reason:
+            pytest.skip(reason)
+
+    def run(self) -> dict[str, Any]:
+        """Prepare, evaluate accuracy, time, measure memory; record and return the result dict."""
+        if self.result is not None:
+            return self.result
+        spec, bench = self.spec, self.bench
+        # Requested only now: a cell skipped above never touches pytest-benchmark.
+        self.benchmark = self.request.getfixturevalue("benchmark")
+        result = R.empty_result({**spec.as_dict(), "device": self.device})
+        result["device_name"] = device_name(self.device)
+        try:
+            built, key = bench.model(spec)
+            dataset, images, labels = bench.dataset(spec, built)
+        except CellSkip as exc:
+            pytest.skip(str(exc))
+        result["weights"] = built.weights_kind
+        result["accuracy_valid"] = built.accuracy_meaningful and bool(dataset.labels_meaningful)
+
+        ref_key = (spec.model, key, dataset.content_id, self.device)
+        prepared: Optional[Prepared] = None
+        memory = HostMemory()
+        try:
+            with memory:
+                started = time.perf_counter()
+                prepared = self.backend.prepare(built.module, bench._prepare_ctx(spec, self.device, key))
+                result["prepare_s"] = time.perf_counter() - started
+                result["prepare_cached"] = bool(prepared.cache_hit)
+                result["provider"] = prepared.provider
+                if prepared.artifact_bytes is not None:
+                    result["artifact_mb"] = prepared.artifact_bytes / 2**20
+
+                self._accuracy(result, prepared, images, labels, built, key, dataset.content_id, ref_key)
+
+                batch = images[: spec.batch_size]
+                if len(batch) < spec.batch_size:  # small datasets: tile samples up to the batch size
+                    batch = images[torch.arange(spec.batch_size) % len(images)]
+                rules = TimingRules(bench.settings.warmup, bench.settings.min_rounds, bench.settings.max_rounds, bench.settings.max_time)
+                stats = time_with_benchmark(self.benchmark, prepared.bind(batch), rules)
+            if stats is not None:
+                result["latency_ms"] = stats.as_dict()
+                result["throughput_ips"] = spec.batch_size * 1000.0 / stats.p50
+            result["memory_mb"].update(host_peak=memory.peak_mb, host_delta=memory.delta_mb)
+        finally:
+            if prepared is not None:
+                prepared.close()
+            del prepared
+            gc.collect()
+        self.result = result
+        self.item.user_properties.append((R.RESULT_PROPERTY, result))
+        if stats is not None and self.benchmark is not None and not getattr(self.benchmark, "disabled", False):
+            self.benchmark.extra_info.update({"cnnbench": {k: v for k, v in result.items() if k != "test"}})
+        return result
+
+    def _accuracy(self, result: dict[str, Any], prepared: Prepared, images: torch.Tensor, labels: torch.Tensor,
+                  built: BuiltModel, key: str, content_id: str, ref_key: tuple) -> None:
+        spec, bench = self.spec, self.bench
+        acc_key = (spec.model, key, content_id, spec.backend, self.device, spec.precision)
+        acc = bench.accuracy.get(acc_key)
+        if acc is None:
+            acc = bench.accuracy[acc_key] = evaluate(prepared.run, images, labels, ACCURACY_BATCH)
+        result.update(samples=acc.samples, top1=acc.top1, top5=acc.top5)
+        if spec.backend == "eager" and spec.precision == "fp32" and ref_key not in bench.references:
+            bench.set_reference(ref_key, acc.logits, labels)  # eager fp32 is the reference itself
+        reference, self.reference_top1 = bench.reference(spec, self.device, built, key, images, labels, content_id)
+        agree: Agreement = agreement(acc.logits, reference)
+        result["agreement"] = agree.as_dict()
+        result["reference_top1"] = self.reference_top1
+
+    def check_accuracy(self, min_top1: Optional[float] = None, min_top5: Optional[float] = None,
+                       min_relative_to_eager: Optional[float] = None) -> None:
+        """Assert accuracy thresholds (fractions); skip with the reason when accuracy is not meaningful."""
+        result = self.run()
+        if not result["accuracy_valid"]:
+            why = "synthetic data has no real labels" if result["weights"] != "random" else (
+                f"the model runs with random weights ({result['weights']}), so its accuracy means nothing")
+            pytest.skip(f"accuracy not asserted: {why}")
+        label = self.spec.id
+        if min_top1 is not None:
+            assert result["top1"] >= min_top1, f"{label}: top-1 {result['top1']:.4f} < {min_top1}"
+        if min_top5 is not None and result["top5"] is not None:
+            assert result["top5"] >= min_top5, f"{label}: top-5 {result['top5']:.4f} < {min_top5}"
+        if min_relative_to_eager is not None and self.reference_top1:
+            ratio = result["top1"] / self.reference_top1
+            assert ratio >= min_relative_to_eager, (
+                f"{label}: top-1 {result['top1']:.4f} is {ratio:.2%} of eager's {self.reference_top1:.4f} (< {min_relative_to_eager:.0%})")
+
+    def check_agreement(self, max_rel_err: float, min_top1_agree: float) -> None:
+        """Assert the backend's logits match eager's: the check that holds even with random weights."""
+        result = self.run()
+        agree = result["agreement"]
+        if self.spec.backend == "eager" and self.spec.precision == "fp32":
+            return
+        label = self.spec.id
+        assert agree["rel_err"] <= max_rel_err, f"{label}: max relative logit error vs eager {agree['rel_err']:.2e} > {max_rel_err:.0e}"
+        if agree["meaningful"]:
+            assert agree["top1_agree"] >= min_top1_agree, f"{label}: top-1 agrees with eager on {agree['top1_agree']:.2%} < {min_top1_agree:.0%}"

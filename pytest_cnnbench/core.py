@@ -1,0 +1,107 @@
+"""Plain data types shared by models, datasets, backends and the session.
+
+Nothing here imports torch; tensors appear only in annotations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .cache import ArtifactCache
+
+PRECISIONS = ("fp32", "fp16", "int8")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+class CellSkip(Exception):
+    """Raised by a model, dataset or backend when a cell cannot run here; the message is the reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CellSpec:
+    """One cell of the comparison table: what runs, before anything is built."""
+
+    model: str
+    backend: str
+    batch_size: int
+    dataset: str
+    device: str  # as requested: cpu, cuda or auto
+    precision: str = "fp32"
+
+    @property
+    def id(self) -> str:
+        parts = [self.model, self.backend, f"bs{self.batch_size}"]
+        if self.precision != "fp32":
+            parts.append(self.precision)
+        return "-".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class ModelContext:
+    """What a model factory gets: where data and caches live, which weights were asked for."""
+
+    name: str
+    weights: str  # "pretrained", "random", or a path to a state dict
+    data_root: Optional[Path]
+    cache: "ArtifactCache"
+    dataset: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    download: bool = True
+    log: Callable[[str], None] = print
+
+
+@dataclasses.dataclass
+class BuiltModel:
+    """A model ready for evaluation, with how its inputs are prepared and where its weights came from.
+
+    ``weights_kind`` is one of "trained", "pretrained", "file" or "random"; accuracy of
+    "random" weights is never reported as meaningful.
+    """
+
+    module: "torch.nn.Module"
+    preprocess: Callable[[Any], "torch.Tensor"]
+    weights_kind: str
+    weights_note: str = ""
+    preprocess_id: str = ""  # identifies ``preprocess`` in cache keys (e.g. the transform's repr)
+
+    @property
+    def accuracy_meaningful(self) -> bool:
+        return self.weights_kind != "random"
+
+
+@dataclasses.dataclass
+class DatasetContext:
+    name: str
+    data_root: Optional[Path]
+    cache: "ArtifactCache"
+    input_shape: tuple[int, ...]
+    num_classes: int
+    download: bool = True
+    log: Callable[[str], None] = print
+
+
+class ImageDataset(Protocol):
+    """A labelled evaluation set.
+
+    ``load(preprocess)`` returns ``(images, labels)``: a float tensor [N, C, H, W] and an
+    int64 tensor [N]. ``content_id`` changes when the data changes (used in cache keys);
+    ``labels_meaningful`` is False for synthetic data.
+    """
+
+    name: str
+    num_classes: int
+    content_id: str
+    labels_meaningful: bool
+
+    def __len__(self) -> int: ...
+
+    def load(self, preprocess: Callable[[Any], "torch.Tensor"]) -> tuple["torch.Tensor", "torch.Tensor"]: ...

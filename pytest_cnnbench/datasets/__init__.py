@@ -1,0 +1,20 @@
+"""Built-in datasets. Factories import their heavy modules lazily."""
+
+from __future__ import annotations
+
+from ..core import DatasetContext
+from ..registry import register_dataset
+
+
+@register_dataset("mnist", description="MNIST test set (10,000 digits), from IDX files or a torchvision download")
+def mnist(ctx: DatasetContext):
+    from .mnist import MnistDataset
+
+    return MnistDataset.from_context(ctx, split="test")
+
+
+@register_dataset("synthetic", description="random images of the model's input shape; for latency only")
+def synthetic(ctx: DatasetContext):
+    from .synthetic import SyntheticDataset
+
+    return SyntheticDataset(ctx.input_shape, ctx.num_classes)

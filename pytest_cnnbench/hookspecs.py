@@ -1,0 +1,25 @@
+"""Hooks pytest-cnnbench calls; conftest.py files and plugins may implement them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+
+@pytest.hookspec(firstresult=True)
+def pytest_cnnbench_environment(config: pytest.Config, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Describe the machine and software for the report header and result files.
+
+    The default implementation gives versions, platform, CPU and the devices seen
+    in ``results``; return a dict to replace it.
+    """
+
+
+@pytest.hookspec(firstresult=True)
+def pytest_cnnbench_format_table(config: pytest.Config, results: list[dict[str, Any]]) -> str:
+    """Return the terminal summary table for ``results``; the default uses tabulate."""
+
+
+def pytest_cnnbench_result(config: pytest.Config, result: dict[str, Any]) -> None:
+    """Called (on the controlling process) once for each finished cell's result."""

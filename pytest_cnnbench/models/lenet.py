@@ -1,0 +1,123 @@
+"""LeNet as in the seed lab, trained on the MNIST training set on first use.
+
+The trained weights are cached under a key made of the training data's checksums,
+the architecture and the training recipe, so a change to any of them retrains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..cache import hash_parts
+from ..core import BuiltModel, DatasetContext, ModelContext
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+MIN_TEST_ACCURACY = 0.985
+
+
+class LeNet(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, kernel_size=3)
+        self.conv2 = nn.Conv2d(6, 16, kernel_size=3)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class MnistPreprocess:
+    """uint8 [..., 1, 28, 28] -> normalized float; vectorized over a whole batch."""
+
+    id = f"mnist-normalize-{MNIST_MEAN}-{MNIST_STD}"
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() / 255.0 - MNIST_MEAN) / MNIST_STD
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 2e-3
+    seed: int = 0
+
+
+def train(model: LeNet, images: torch.Tensor, labels: torch.Tensor, recipe: Recipe, log) -> None:
+    torch.manual_seed(recipe.seed)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    steps_per_epoch = (len(labels) + recipe.batch_size - 1) // recipe.batch_size
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch)
+    model.train()
+    for epoch in range(recipe.epochs):
+        order = torch.randperm(len(labels), generator=generator)
+        started, total_loss = time.perf_counter(), 0.0
+        for start in range(0, len(labels), recipe.batch_size):
+            idx = order[start:start + recipe.batch_size]
+            loss = F.cross_entropy(model(images[idx]), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item() * len(idx)
+        log(f"cnnbench: LeNet epoch {epoch + 1}/{recipe.epochs}: loss {total_loss / len(labels):.4f} ({time.perf_counter() - started:.1f}s)")
+    model.eval()
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    correct = sum(int((model(images[i:i + 1000]).argmax(1) == labels[i:i + 1000]).sum()) for i in range(0, len(labels), 1000))
+    return correct / len(labels)
+
+
+def build_lenet(ctx: ModelContext) -> BuiltModel:
+    from ..datasets.mnist import MnistDataset
+
+    preprocess = MnistPreprocess()
+    model = LeNet(ctx.num_classes)
+    if ctx.weights == "random":
+        return BuiltModel(model.eval(), preprocess, "random", "random initialisation (--cnn-weights=random)", preprocess.id)
+    if ctx.weights != "pretrained":
+        state = torch.load(Path(ctx.weights).expanduser(), map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        return BuiltModel(model.eval(), preprocess, "file", f"state dict {ctx.weights}", preprocess.id)
+
+    dctx = DatasetContext("mnist", ctx.data_root, ctx.cache, ctx.input_shape, ctx.num_classes, ctx.download, ctx.log)
+    train_set = MnistDataset.from_context(dctx, split="train")
+    recipe = Recipe()
+    key = hash_parts("lenet", repr(model), repr(recipe), train_set.content_id)
+    path = ctx.cache.lookup("weights", key, ".pt")
+    if path is not None:
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return BuiltModel(model.eval(), preprocess, "trained", f"trained on MNIST train, cached {path}", preprocess.id)
+        except Exception as exc:  # a checkpoint that passes the checksum but does not load
+            ctx.cache.discard(path, f"does not load: {type(exc).__name__}: {exc}")
+            model = LeNet(ctx.num_classes)
+
+    log = ctx.log
+    log(f"cnnbench: training LeNet on {len(train_set)} MNIST images (seed {recipe.seed}, {recipe.epochs} epochs); cached afterwards")
+    x, y = train_set.load(preprocess)
+    train(model, x, y, recipe, log)
+    test_set = MnistDataset.from_context(dctx, split="test")
+    tx, ty = test_set.load(preprocess)
+    acc = accuracy(model, tx, ty)
+    log(f"cnnbench: LeNet test accuracy after training: {acc:.4f}")
+    if acc < MIN_TEST_ACCURACY:
+        raise RuntimeError(f"LeNet training reached only {acc:.4f} test accuracy (< {MIN_TEST_ACCURACY}); not caching it")
+    path = ctx.cache.store("weights", key, ".pt", lambda tmp: torch.save(model.state_dict(), tmp))
+    return BuiltModel(model, preprocess, "trained", f"trained on MNIST train, cached {path}", preprocess.id)

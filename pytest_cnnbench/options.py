@@ -1,0 +1,169 @@
+"""Command-line options (one ``cnnbench`` group, each with an ini twin) and their validation.
+
+Validation happens at configure time, before any model is built, and every bad
+value is a ``pytest.UsageError`` that names it and the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from . import registry
+from .cache import default_cache_dir
+from .core import DEVICES, PRECISIONS
+
+# name -> (help, default); the ini name is the option name with "-" -> "_".
+OPTIONS: dict[str, tuple[str, Optional[str]]] = {
+    "cnn-backend": ("backends to run: comma list or 'all'", "all"),
+    "cnn-model": ("models to run: comma list or 'all'", "all"),
+    "cnn-dataset": ("evaluate on this dataset instead of each model's default (e.g. synthetic)", None),
+    "cnn-device": ("device: cpu, cuda or auto (cuda when available)", "auto"),
+    "cnn-precision": ("precisions: comma list of fp32, fp16, int8", "fp32"),
+    "cnn-batch-size": ("batch sizes to time: comma list of positive integers", "1"),
+    "cnn-weights": ("weights: pretrained, random, or a path to a state dict file", "pretrained"),
+    "cnn-data-root": ("folder holding the datasets (default: $CNNBENCH_DATA_ROOT)", None),
+    "cnn-cache-dir": ("folder for trained weights and exported models (default: $CNNBENCH_CACHE_DIR or ~/.cache/pytest-cnnbench)", None),
+    "cnn-json": ("write every cell's result to this JSON file", None),
+    "cnn-warmup": ("untimed warm-up calls before timing, per cell", "10"),
+    "cnn-min-rounds": ("fewest timed calls per cell", "20"),
+    "cnn-max-time": ("seconds of timed calls per cell (the loop stops at whichever of this or max rounds comes first)", "2.0"),
+    "cnn-max-rounds": ("most timed calls per cell", "2000"),
+    "cnn-no-download": ("never download data or weights (also $CNNBENCH_NO_DOWNLOAD=1)", None),
+}
+FLAGS = {"cnn-no-download"}
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("cnnbench", "CNN inference benchmarking (pytest-cnnbench)")
+    for name, (help_text, default) in OPTIONS.items():
+        ini = name.replace("-", "_")
+        if name in FLAGS:
+            group.addoption(f"--{name}", action="store_true", default=None, dest=ini, help=help_text)
+            parser.addini(ini, help_text, type="bool", default=False)
+        else:
+            shown = f" (default: {default})" if default is not None else ""
+            group.addoption(f"--{name}", action="store", default=None, dest=ini, metavar="VALUE", help=help_text + shown)
+            parser.addini(ini, help_text, default=default)
+
+
+def _raw(config: pytest.Config, name: str) -> Any:
+    ini = name.replace("-", "_")
+    value = config.getoption(ini)
+    if value is None:
+        value = config.getini(ini)
+    return value
+
+
+def _names(value: str, option: str, valid: list[str]) -> tuple[str, ...]:
+    items = [v.strip() for v in str(value).split(",") if v.strip()]
+    if not items:
+        raise pytest.UsageError(f"--{option}: empty value; valid: all, {', '.join(valid)}")
+    if items == ["all"]:
+        return tuple(valid)
+    bad = [v for v in items if v not in valid]
+    if bad:
+        raise pytest.UsageError(f"--{option}: unknown {', '.join(map(repr, bad))}; valid: all, {', '.join(valid)}")
+    return tuple(dict.fromkeys(items))
+
+
+def _positive_ints(value: str, option: str) -> tuple[int, ...]:
+    out = []
+    for item in str(value).split(","):
+        item = item.strip()
+        try:
+            number = int(item)
+        except ValueError:
+            number = 0
+        if number <= 0:
+            raise pytest.UsageError(f"--{option}: {item!r} is not a positive integer (give e.g. 1,8,32)")
+        out.append(number)
+    return tuple(dict.fromkeys(out))
+
+
+def _positive_number(value: Any, option: str, kind: type = float) -> Any:
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        number = -1
+    if number < 0 or (kind is float and number == 0):
+        raise pytest.UsageError(f"--{option}: {value!r} is not a valid {'positive number' if kind is float else 'count'}")
+    return number
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    backends: tuple[str, ...]
+    models: tuple[str, ...]
+    dataset: Optional[str]
+    device: str
+    precisions: tuple[str, ...]
+    batch_sizes: tuple[int, ...]
+    weights: str
+    data_root: Optional[Path]
+    cache_dir: Path
+    json_path: Optional[Path]
+    warmup: int
+    min_rounds: int
+    max_rounds: int
+    max_time: float
+    download: bool
+
+
+def _check_writable(path: Path, option: str) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise pytest.UsageError(f"--{option}: {path} is a folder; give a file path")
+    if not parent.is_dir():
+        raise pytest.UsageError(f"--{option}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise pytest.UsageError(f"--{option}: {path} is not writable")
+
+
+def parse_settings(config: pytest.Config) -> Settings:
+    registry.load_builtins()
+    data_root_raw = _raw(config, "cnn-data-root") or os.environ.get("CNNBENCH_DATA_ROOT")
+    data_root = None
+    if data_root_raw:
+        data_root = Path(data_root_raw).expanduser()
+        if not data_root.is_dir():
+            raise pytest.UsageError(f"--cnn-data-root: folder {data_root} does not exist")
+    cache_raw = _raw(config, "cnn-cache-dir")
+    json_raw = _raw(config, "cnn-json")
+    json_path = Path(json_raw).expanduser() if json_raw else None
+    if json_path is not None:
+        _check_writable(json_path, "cnn-json")
+    device = str(_raw(config, "cnn-device")).strip()
+    if device not in DEVICES:
+        raise pytest.UsageError(f"--cnn-device: unknown {device!r}; valid: {', '.join(DEVICES)}")
+    dataset = _raw(config, "cnn-dataset")
+    if dataset:
+        dataset = _names(dataset, "cnn-dataset", registry.datasets.names())
+        if len(dataset) != 1:
+            raise pytest.UsageError("--cnn-dataset: give one dataset name")
+        dataset = dataset[0]
+    weights = str(_raw(config, "cnn-weights")).strip()
+    if weights not in ("pretrained", "random") and not Path(weights).expanduser().is_file():
+        raise pytest.UsageError(f"--cnn-weights: {weights!r} is neither 'pretrained', 'random' nor an existing state dict file")
+    no_download = bool(_raw(config, "cnn-no-download")) or os.environ.get("CNNBENCH_NO_DOWNLOAD", "") not in ("", "0")
+    return Settings(
+        backends=_names(_raw(config, "cnn-backend"), "cnn-backend", registry.backends.names()),
+        models=_names(_raw(config, "cnn-model"), "cnn-model", registry.models.names()),
+        dataset=dataset or None,
+        device=device,
+        precisions=_names(_raw(config, "cnn-precision"), "cnn-precision", list(PRECISIONS)),
+        batch_sizes=_positive_ints(_raw(config, "cnn-batch-size"), "cnn-batch-size"),
+        weights=weights,
+        data_root=data_root,
+        cache_dir=Path(cache_raw).expanduser() if cache_raw else default_cache_dir(),
+        json_path=json_path,
+        warmup=_positive_number(_raw(config, "cnn-warmup"), "cnn-warmup", int),
+        min_rounds=max(1, _positive_number(_raw(config, "cnn-min-rounds"), "cnn-min-rounds", int)),
+        max_rounds=max(1, _positive_number(_raw(config, "cnn-max-rounds"), "cnn-max-rounds", int)),
+        max_time=_positive_number(_raw(config, "cnn-max-time"), "cnn-max-time", float),
+        download=not no_download,
+    )

@@ -1,0 +1,76 @@
+"""The result record of one cell, as it travels in ``user_properties`` and lands in JSON.
+
+Plain dicts of JSON types only, so they survive pytest-xdist's serialization.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from .cache import atomic_write_text
+
+FORMAT_VERSION = 1
+CELL_PROPERTY = "cnnbench_cell"  # identity, recorded before anything can fail
+RESULT_PROPERTY = "cnnbench_result"  # figures, recorded once measured
+
+STATUSES = ("passed", "failed", "skipped", "error")
+
+
+def empty_result(cell: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model": cell["model"],
+        "backend": cell["backend"],
+        "device": cell.get("device"),
+        "precision": cell.get("precision", "fp32"),
+        "batch_size": cell["batch_size"],
+        "dataset": cell.get("dataset"),
+        "samples": None,
+        "top1": None,
+        "top5": None,
+        "accuracy_valid": None,
+        "weights": None,
+        "latency_ms": None,
+        "throughput_ips": None,
+        "memory_mb": {"host_peak": None, "host_delta": None, "device_peak": None, "device_peak_source": None},
+        "prepare_s": None,
+        "prepare_cached": None,
+        "artifact_mb": None,
+        "provider": None,
+        "device_name": None,
+        "agreement": None,
+        "reference_top1": None,
+        "status": None,
+        "reason": None,
+        "test": cell.get("test"),
+    }
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no inf/nan: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def document(results: Iterable[dict[str, Any]], environment: dict[str, Any]) -> dict[str, Any]:
+    return {"format_version": FORMAT_VERSION, "environment": environment, "results": [_finite(r) for r in results]}
+
+
+def write_json(path: Path, results: Iterable[dict[str, Any]], environment: dict[str, Any]) -> None:
+    """Atomic rewrite: a reader (or a run killed mid-write) never sees half a file."""
+    atomic_write_text(path, json.dumps(document(results, environment), indent=2) + "\n")
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    data = json.loads(Path(path).read_text())
+    version: Optional[int] = data.get("format_version") if isinstance(data, dict) else None
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path}: result format version {version!r} is not supported (this pytest-cnnbench reads version {FORMAT_VERSION})")
+    return data

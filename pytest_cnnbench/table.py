@@ -1,0 +1,97 @@
+"""The comparison table: pure functions from result dicts to text (no pytest here)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+from tabulate import tabulate
+
+HEADERS = [
+    "model", "backend", "dev", "prec", "bs", "top-1", "top-5", "agree", "p50 ms", "p99 ms", "±ci",
+    "img/s", "host MB", "dev MB", "prep s", "speedup", "status",
+]
+RANDOM_MARK = "*"
+
+
+def _key(r: dict[str, Any], precision: Optional[str] = None) -> tuple:
+    return (r["model"], r.get("device"), precision or r.get("precision"), r["batch_size"], r.get("dataset"))
+
+
+def speedups(results: list[dict[str, Any]]) -> list[Optional[float]]:
+    """Eager p50 / cell p50, against eager at the same precision (else eager fp32)."""
+    eager = {}
+    for r in results:
+        if r["backend"] == "eager" and r.get("latency_ms"):
+            eager[_key(r)] = r["latency_ms"]["p50"]
+    out: list[Optional[float]] = []
+    for r in results:
+        base = eager.get(_key(r)) or eager.get(_key(r, "fp32"))
+        lat = r.get("latency_ms")
+        out.append(base / lat["p50"] if base and lat and lat.get("p50") else None)
+    return out
+
+
+def _pct(value: Optional[float], valid: Optional[bool]) -> str:
+    if value is None:
+        return "-"
+    text = f"{100 * value:.2f}%"
+    return text + RANDOM_MARK if valid is False else text
+
+
+def _num(value: Optional[float], fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _agreement(r: dict[str, Any]) -> str:
+    a = r.get("agreement")
+    if not a or r["backend"] == "eager":
+        return "-"
+    text = f"{100 * a['top1_agree']:.1f}% e{a['rel_err']:.0e}"
+    return text if a.get("meaningful") else text + " (n/m)"
+
+
+def _status(r: dict[str, Any], width: int = 60) -> str:
+    status = r.get("status") or "?"
+    reason = (r.get("reason") or "").replace("\n", " ")
+    if reason:
+        status = f"{status}: {reason}"
+    return status if len(status) <= width else status[: width - 3] + "..."
+
+
+def rows(results: list[dict[str, Any]]) -> list[list[str]]:
+    out = []
+    for r, speed in zip(results, speedups(results)):
+        lat = r.get("latency_ms") or {}
+        mem = r.get("memory_mb") or {}
+        prep = r.get("prepare_s")
+        prep_text = _num(prep, ".2f") + (" (c)" if r.get("prepare_cached") and prep is not None else "")
+        out.append([
+            r["model"], r["backend"], r.get("device") or "-", r.get("precision") or "-", r["batch_size"],
+            _pct(r.get("top1"), r.get("accuracy_valid")), _pct(r.get("top5"), r.get("accuracy_valid")),
+            _agreement(r), _num(lat.get("p50"), ".3f"), _num(lat.get("p99"), ".3f"),
+            "-" if lat.get("ci95_rel") is None else f"{100 * lat['ci95_rel']:.1f}%",
+            _num(r.get("throughput_ips"), ".1f"), _num(mem.get("host_peak"), ".0f"), _num(mem.get("device_peak"), ".0f"),
+            prep_text, "-" if speed is None else f"{speed:.2f}x", _status(r),
+        ])
+    return out
+
+
+def format_table(results: Iterable[dict[str, Any]], tablefmt: str = "simple") -> str:
+    results = list(results)
+    text = tabulate(rows(results), headers=HEADERS, tablefmt=tablefmt, disable_numparse=True)
+    notes = []
+    if any(r.get("accuracy_valid") is False for r in results):
+        notes.append(f"{RANDOM_MARK} accuracy of random (not pretrained) weights or unlabelled data: not meaningful, not asserted")
+    if any(r.get("agreement") and not r["agreement"].get("meaningful") for r in results):
+        notes.append("(n/m) top-1 agreement not meaningful: the eager reference predicts (nearly) one class for every input")
+    notes.append("agree = top-1 agreement with eager and max relative logit error; ±ci = 95% CI of the p50; (c) = artifact from cache")
+    return text + "\n" + "\n".join(notes)
+
+
+def format_environment(env: dict[str, Any]) -> str:
+    versions = env.get("versions", {})
+    parts = [f"{name} {version}" for name, version in versions.items() if version]
+    devices = env.get("devices") or []
+    if devices:
+        parts.append("device: " + ", ".join(devices))
+    return "cnnbench: " + ", ".join(parts)

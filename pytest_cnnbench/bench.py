@@ -78,8 +78,8 @@ class Workbench:
                 download=self.settings.download, log=self.log,
             )
             built = entry.factory(ctx)
-            if not isinstance(built, BuiltModel):  # a bare nn.Module: no preprocessing, weights as built
-                built = BuiltModel(built, _identity_preprocess, "random", "module returned by the factory", "identity")
+            if not isinstance(built, BuiltModel):  # a bare nn.Module: weights as its factory made them
+                built = BuiltModel(built, scale_uint8, "user", "module returned by the factory", "scale-uint8")
             built.module.eval()
             return built, model_fingerprint(built.module)
 
@@ -128,8 +128,9 @@ class Workbench:
                               input_shape=entry.meta["input_shape"], cache=self.cache, model_key=key, log=self.log)
 
 
-def _identity_preprocess(x: torch.Tensor) -> torch.Tensor:
-    return x.float()
+def scale_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Default preprocessing for bare modules: uint8 pixels to floats in [0, 1]."""
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
 
 
 class CellRunner:
@@ -144,6 +145,8 @@ class CellRunner:
         self.benchmark: Any = None
         self.result: Optional[dict[str, Any]] = None
         self.reference_top1: Optional[float] = None
+        if self.device == "cuda" and not torch.cuda.is_available():
+            pytest.skip("--cnn-device=cuda, but no CUDA GPU is available here (torch.cuda.is_available() is False)")
         self.backend = registry.backends.create(spec.backend)
         reason = self.backend.unavailable_reason(self.device, spec.precision)
         if reason:
@@ -154,8 +157,6 @@ class CellRunner:
         if self.result is not None:
             return self.result
         spec, bench = self.spec, self.bench
-        # Requested only now: a cell skipped above never touches pytest-benchmark.
-        self.benchmark = self.request.getfixturevalue("benchmark")
         result = R.empty_result({**spec.as_dict(), "device": self.device})
         result["device_name"] = device_name(self.device)
         try:
@@ -184,6 +185,8 @@ class CellRunner:
                 batch = images[: spec.batch_size]
                 if len(batch) < spec.batch_size:  # small datasets: tile samples up to the batch size
                     batch = images[torch.arange(spec.batch_size) % len(images)]
+                # Requested only now, so a cell that skips or fails earlier never touches pytest-benchmark.
+                self.benchmark = self.request.getfixturevalue("benchmark")
                 rules = TimingRules(bench.settings.warmup, bench.settings.min_rounds, bench.settings.max_rounds, bench.settings.max_time)
                 stats = time_with_benchmark(self.benchmark, prepared.bind(batch), rules)
             if stats is not None:

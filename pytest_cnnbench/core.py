@@ -63,8 +63,8 @@ class ModelContext:
 class BuiltModel:
     """A model ready for evaluation, with how its inputs are prepared and where its weights came from.
 
-    ``weights_kind`` is one of "trained", "pretrained", "file" or "random"; accuracy of
-    "random" weights is never reported as meaningful.
+    ``weights_kind`` is one of "trained", "pretrained", "file", "user" (a bare module from a
+    user's factory) or "random"; accuracy of "random" weights is never reported as meaningful.
     """
 
     module: "torch.nn.Module"

@@ -103,7 +103,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     try:
         cells = cells_for(settings, marker)
     except registry.UnknownNameError as exc:
-        raise pytest.UsageError(f"{metafunc.definition.nodeid}: @pytest.mark.cnnbench: {exc}") from None
+        # A collection error shows just this message and stops the run before anything is built.
+        raise pytest.Collector.CollectError(f"{metafunc.definition.nodeid}: @pytest.mark.cnnbench: {exc}") from None
     if cells:
         metafunc.parametrize("cnn_cell", cells, ids=[c.id for c in cells])
     else:

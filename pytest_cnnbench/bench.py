@@ -20,7 +20,7 @@ from . import results as R
 from .backends.base import PrepareContext, Prepared, model_fingerprint
 from .cache import ArtifactCache, hash_parts
 from .core import BuiltModel, CellSkip, CellSpec, DatasetContext, ModelContext
-from .measure import Agreement, HostMemory, TimingRules, agreement, evaluate, time_with_benchmark
+from .measure import Agreement, HostMemory, TimingRules, agreement, current_rss_mb, evaluate, time_with_benchmark
 from .options import Settings
 
 ACCURACY_BATCH = 250  # large batches for the accuracy pass: it is not the timed part
@@ -198,6 +198,8 @@ class CellRunner:
                 prepared.close()
             del prepared
             gc.collect()
+        # What the process holds once the cell is released: it must not grow from cell to cell.
+        result["memory_mb"]["host_after"] = current_rss_mb()
         self.result = result
         self.item.user_properties.append((R.RESULT_PROPERTY, result))
         if stats is not None and self.benchmark is not None and not getattr(self.benchmark, "disabled", False):
@@ -210,7 +212,8 @@ class CellRunner:
         acc_key = (spec.model, key, content_id, spec.backend, self.device, spec.precision)
         acc = bench.accuracy.get(acc_key)
         if acc is None:
-            acc = bench.accuracy[acc_key] = evaluate(prepared.run, images, labels, ACCURACY_BATCH)
+            num_classes = registry.models.get(spec.model).meta["num_classes"]
+            acc = bench.accuracy[acc_key] = evaluate(prepared.run, images, labels, ACCURACY_BATCH, num_classes)
         result.update(samples=acc.samples, top1=acc.top1, top5=acc.top5)
         if spec.backend == "eager" and spec.precision == "fp32" and ref_key not in bench.references:
             bench.set_reference(ref_key, acc.logits, labels)  # eager fp32 is the reference itself

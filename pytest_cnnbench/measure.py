@@ -150,12 +150,18 @@ class Accuracy:
     samples: int
 
 
-def evaluate(run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Accuracy:
+def evaluate(run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+             num_classes: Optional[int] = None) -> Accuracy:
     """Run every sample through ``run`` in large batches; top-1/top-5 as fractions."""
-    chunks = [run(images[i:i + batch_size]).float() for i in range(0, len(images), batch_size)]
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        out = run(batch)
+        expected = (len(batch), num_classes if num_classes is not None else (out.shape[-1] if out.ndim else 0))
+        if tuple(out.shape) != expected:
+            raise RuntimeError(f"backend returned logits of shape {tuple(out.shape)} for {len(batch)} samples; expected {expected}")
+        chunks.append(out.float())
     logits = torch.cat(chunks)
-    if logits.shape != (len(labels), logits.shape[1]) or logits.ndim != 2:
-        raise RuntimeError(f"backend returned logits of shape {tuple(logits.shape)} for {len(labels)} samples")
     top1 = float((logits.argmax(1) == labels).float().mean())
     top5 = None
     if logits.shape[1] >= 5:

@@ -34,7 +34,7 @@ def empty_result(cell: dict[str, Any]) -> dict[str, Any]:
         "weights": None,
         "latency_ms": None,
         "throughput_ips": None,
-        "memory_mb": {"host_peak": None, "host_delta": None, "device_peak": None, "device_peak_source": None},
+        "memory_mb": {"host_peak": None, "host_delta": None, "host_after": None, "device_peak": None, "device_peak_source": None},
         "prepare_s": None,
         "prepare_cached": None,
         "artifact_mb": None,

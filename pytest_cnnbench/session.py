@@ -56,20 +56,18 @@ class CnnBenchSession:
 
     @staticmethod
     def _update_status(row: dict[str, Any], report: pytest.TestReport) -> None:
-        if report.when == "call" or row["status"] is None:
-            if report.passed:
-                row["status"], row["reason"] = "passed", None
-            elif report.skipped:
-                row["status"], row["reason"] = "skipped", _reason(report)
+        """Status from the phases: a call that passed, the first failure, or a skip with its reason."""
         if report.failed:
+            if row["status"] in ("failed", "error"):
+                return  # keep the first failure's reason
             measured = row.get("latency_ms") is not None or row.get("top1") is not None
-            if report.when == "call" and measured:
-                row["status"] = "failed"  # an assertion on measured figures
-            elif row["status"] not in ("failed", "error"):
-                row["status"] = "error"
-            else:
-                return
+            row["status"] = "failed" if report.when == "call" and measured else "error"
             row["reason"] = _reason(report)
+        elif report.skipped:
+            if row["status"] is None or report.when == "call":
+                row["status"], row["reason"] = "skipped", _reason(report)
+        elif report.when == "call":
+            row["status"], row["reason"] = "passed", None
 
     # -- reporting --------------------------------------------------------------------
     @property
@@ -88,7 +86,12 @@ class CnnBenchSession:
         R.write_json(path, self.results, self.environment())
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.is_worker or self.settings.json_path is None:
+        if self.is_worker:
+            return
+        for row in self.rows.values():
+            if row["status"] is None:  # set up, never reported back: the run stopped inside it
+                row["status"], row["reason"] = "error", "did not finish (run interrupted)"
+        if self.settings.json_path is None:
             return
         if self.rows or not self.settings.json_path.exists():
             self._environment = None  # refresh with every device seen

@@ -34,5 +34,12 @@ def tiny_project(pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFac
     return pytester
 
 
+@pytest.fixture(scope="session")
+def real_data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for every run on real data in this test session, so LeNet trains (and
+    exports) once rather than in each pytester project (pytester points HOME elsewhere)."""
+    return tmp_path_factory.mktemp("real-data-cache")
+
+
 def load_results(path: Path) -> list[dict]:
     return json.loads(Path(path).read_text())["results"]

@@ -78,8 +78,9 @@ def test_torchvision_layout_is_found(tmp_path):
 
 
 @needs_mnist
-def test_lenet_suite_end_to_end(pytester: pytest.Pytester):
+def test_lenet_suite_end_to_end(pytester: pytest.Pytester, real_data_cache, monkeypatch):
     """The issue's acceptance run: three real backends, all 10,000 test images, top-1 >= 0.98."""
+    monkeypatch.setenv("CNNBENCH_CACHE_DIR", str(real_data_cache))
     pytester.copy_example(str(REPO / "suites" / "test_lenet_mnist.py"))
     out = pytester.path / "out.json"
     result = pytester.runpytest_subprocess(

@@ -30,6 +30,13 @@ def ort():
     return OrtBackend()
 
 
+@register_backend("ort-trt", description="ONNX Runtime with TensorRT's execution provider (CUDA GPUs only)")
+def ort_trt():
+    from .ort import OrtTensorrtBackend
+
+    return OrtTensorrtBackend()
+
+
 @register_backend("trt", description="TensorRT through torch-tensorrt (CUDA GPUs only)")
 def trt():
     from .trt import TrtBackend

@@ -20,18 +20,25 @@ class PrepareContext:
     cache: ArtifactCache
     model_key: str  # changes with architecture and weights
     log: Callable[[str], None] = print
+    calibration: Optional[torch.Tensor] = None  # real, preprocessed images for int8 calibration
+    calibration_id: str = ""  # identifies those images in cache keys
 
 
 class Prepared(Protocol):
     provider: str  # what actually executes, e.g. "CPUExecutionProvider"
     artifact_bytes: Optional[int]  # size of the prepared model (file or parameters)
     cache_hit: bool  # the artifact came from the on-disk cache
+    max_batch: Optional[int]  # largest batch it accepts (None: any); caps the accuracy pass
 
     def run(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits as float32 on the CPU for a float32 CPU batch (used for accuracy)."""
 
     def bind(self, batch: torch.Tensor) -> Callable[[], Any]:
-        """A zero-argument call that runs ``batch`` once, inputs already staged: the timed unit."""
+        """The timed unit, end to end: host input in, host output out, device work finished."""
+
+    def bind_device(self, batch: torch.Tensor) -> Optional[Callable[[], Any]]:
+        """On a GPU: one call with the input already on the device, returning once the device is
+        done (compute latency, as trtexec's GPU compute time). None on the CPU, where it equals bind."""
 
     def close(self) -> None: ...
 
@@ -61,12 +68,15 @@ def torch_dtype(precision: str) -> torch.dtype:
 
 
 class TorchPrepared:
-    """A callable torch module (eager or TorchScript) on a device."""
+    """A callable torch module (eager, TorchScript, or torch-tensorrt's compiled module) on a device."""
 
-    def __init__(self, module: Any, device: str, precision: str, provider: str, artifact_bytes: int, cache_hit: bool = False) -> None:
+    max_batch: Optional[int] = None
+
+    def __init__(self, module: Any, device: str, precision: str, provider: str, artifact_bytes: int,
+                 cache_hit: bool = False, input_dtype: Optional[torch.dtype] = None) -> None:
         self.module = module
         self.device = device
-        self.dtype = torch_dtype(precision)
+        self.dtype = input_dtype or torch_dtype(precision)
         self.provider = provider
         self.artifact_bytes = artifact_bytes
         self.cache_hit = cache_hit
@@ -76,13 +86,35 @@ class TorchPrepared:
             return self.module(batch.to(self.device, self.dtype)).float().cpu()
 
     def bind(self, batch: torch.Tensor) -> Callable[[], Any]:
+        module, inference_mode = self.module, torch.inference_mode
+        if self.device == "cpu":
+            staged = batch.to(self.device, self.dtype)
+
+            def call() -> Any:
+                with inference_mode():
+                    return module(staged)
+
+            return call
+        host = batch.to(self.dtype).pin_memory() if torch.cuda.is_available() else batch.to(self.dtype)
+        device = self.device
+
+        def call_end_to_end() -> Any:
+            with inference_mode():
+                return module(host.to(device, non_blocking=True)).cpu()  # .cpu() waits for the device
+
+        return call_end_to_end
+
+    def bind_device(self, batch: torch.Tensor) -> Optional[Callable[[], Any]]:
+        if self.device == "cpu":
+            return None
         staged = batch.to(self.device, self.dtype)
-        module = self.module
-        inference_mode = torch.inference_mode
+        module, inference_mode, synchronize = self.module, torch.inference_mode, torch.cuda.synchronize
 
         def call() -> Any:
             with inference_mode():
-                return module(staged)
+                out = module(staged)
+            synchronize()
+            return out
 
         return call
 

@@ -1,4 +1,10 @@
-"""ONNX Runtime: export once with torch.onnx (dynamic batch axis), cache by model content."""
+"""ONNX Runtime: export once with torch.onnx (dynamic batch axis), cache by model content.
+
+``ort`` runs on the CPU execution provider, or the CUDA one with ``--cnn-device=cuda``;
+``ort-trt`` runs on TensorRT's execution provider (CUDA only). ONNX Runtime silently
+falls back to another provider when the one asked for cannot be created: the cell
+fails then, rather than report CPU figures as GPU ones.
+"""
 
 from __future__ import annotations
 
@@ -17,19 +23,17 @@ from .base import PrepareContext
 
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
 def physical_cores() -> int:
     """ONNX Runtime is fastest with one intra-op thread per physical core (SMT siblings hurt)."""
     try:
-        siblings = set()
-        for cpu in os.listdir("/sys/devices/system/cpu"):
-            path = Path("/sys/devices/system/cpu", cpu, "topology", "thread_siblings_list")
-            if cpu.startswith("cpu") and path.exists():
-                siblings.add(path.read_text().strip())
-        allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return max(1, min(len(siblings) or allowed, allowed))
+        allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+        cores = set()
+        for cpu in allowed:
+            path = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+            cores.add(path.read_text().strip() if path.exists() else str(cpu))
+        return max(1, len(cores))
     except OSError:
         return os.cpu_count() or 1
 
@@ -54,20 +58,43 @@ def export_onnx(module: torch.nn.Module, input_shape: tuple[int, ...], path: Pat
 
 
 class OrtPrepared:
-    def __init__(self, session: Any, provider: str, artifact_bytes: int, cache_hit: bool) -> None:
+    max_batch: Optional[int] = None
+
+    def __init__(self, session: Any, provider: str, artifact_bytes: int, cache_hit: bool, device: str) -> None:
         self.session = session
         self.provider = provider
         self.artifact_bytes = artifact_bytes
         self.cache_hit = cache_hit
+        self.device = device
 
     def run(self, batch: torch.Tensor) -> torch.Tensor:
         (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch.float().contiguous().numpy()})
         return torch.from_numpy(logits)
 
     def bind(self, batch: torch.Tensor) -> Callable[[], Any]:
+        # Host numpy in, host numpy out: on CUDA this includes both copies, like trtexec's latency.
         feed = {INPUT_NAME: batch.float().contiguous().numpy()}
         run, outputs = self.session.run, [OUTPUT_NAME]
         return lambda: run(outputs, feed)
+
+    def bind_device(self, batch: torch.Tensor) -> Optional[Callable[[], Any]]:
+        if self.device == "cpu":
+            return None
+        import numpy as np
+
+        # Input and output bound to device memory owned by torch: no copies in the timed call.
+        staged = batch.float().contiguous().to("cuda")
+        binding = self.session.io_binding()
+        binding.bind_input(INPUT_NAME, "cuda", staged.device.index or 0, np.float32, tuple(staged.shape), staged.data_ptr())
+        binding.bind_output(OUTPUT_NAME, "cuda")
+        session, synchronize = self.session, torch.cuda.synchronize
+
+        def call() -> Any:
+            session.run_with_iobinding(binding)
+            synchronize()  # ONNX Runtime works on its own stream; wait for the whole device
+            return staged  # keeps the bound input alive as long as the call
+
+        return call
 
     def close(self) -> None:
         self.session = None
@@ -75,21 +102,29 @@ class OrtPrepared:
 
 class OrtBackend:
     name = "ort"
+    provider_for_device = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
     def unavailable_reason(self, device: str, precision: str) -> Optional[str]:
         try:
-            ort = require("onnxruntime", extra="cpu")
+            ort = require("onnxruntime", extra="cpu" if device == "cpu" else "gpu")
         except ImportError as exc:
             return str(exc)
-        if precision != "fp32":
-            return f"{precision} is not implemented for the ort backend yet"
-        provider = PROVIDERS[device]
-        if provider not in ort.get_available_providers():
-            return f"ONNX Runtime here has no {provider} (available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu"
+        reason = self.precision_reason(device, precision)
+        if reason:
+            return reason
+        wanted = self.provider_for_device[device]
+        if wanted not in ort.get_available_providers():
+            return (f"this ONNX Runtime has no {wanted} (it has {', '.join(ort.get_available_providers())}); "
+                    "install onnxruntime-gpu for CUDA and TensorRT providers")
         return None
 
-    def session_options(self) -> Any:
-        ort = require("onnxruntime", extra="cpu")
+    def precision_reason(self, device: str, precision: str) -> Optional[str]:
+        if precision != "fp32":
+            return (f"{precision} with ONNX Runtime's {self.provider_for_device[device]} needs a converted or quantized "
+                    "ONNX model, which this backend does not make; use ort-trt (fp16) or trt (fp16, int8) on a GPU")
+        return None
+
+    def session_options(self, ort: Any) -> Any:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -98,22 +133,68 @@ class OrtBackend:
         options.log_severity_level = 3  # errors only
         return options
 
+    def providers(self, ctx: PrepareContext) -> list[Any]:
+        return [self.provider_for_device[ctx.device]]
+
+    def export(self, module: torch.nn.Module, ctx: PrepareContext) -> tuple[Path, bool]:
+        key = hash_parts("onnx", ctx.model_key, str(OPSET), torch.__version__)
+        return ctx.cache.get_or_build("onnx", key, ".onnx", lambda tmp: export_onnx(module, ctx.input_shape, tmp))
+
     def prepare(self, module: torch.nn.Module, ctx: PrepareContext) -> OrtPrepared:
         ort = require("onnxruntime", extra="cpu")
-        key = hash_parts("onnx", ctx.model_key, str(OPSET), torch.__version__)
-        path, cache_hit = ctx.cache.get_or_build("onnx", key, ".onnx", lambda tmp: export_onnx(module, ctx.input_shape, tmp))
-        wanted = PROVIDERS[ctx.device]
+        path, cache_hit = self.export(module, ctx)
         try:
-            session = ort.InferenceSession(str(path), sess_options=self.session_options(), providers=[wanted])
+            session = ort.InferenceSession(str(path), sess_options=self.session_options(ort), providers=self.providers(ctx))
         except Exception as exc:
             if not cache_hit:
                 raise
             # A cached file that passes its checksum but does not load: rebuild once.
             ctx.cache.discard(path, f"ONNX Runtime cannot load it: {type(exc).__name__}: {exc}")
-            path, cache_hit = ctx.cache.get_or_build("onnx", key, ".onnx", lambda tmp: export_onnx(module, ctx.input_shape, tmp))
-            session = ort.InferenceSession(str(path), sess_options=self.session_options(), providers=[wanted])
+            path, cache_hit = self.export(module, ctx)
+            session = ort.InferenceSession(str(path), sess_options=self.session_options(ort), providers=self.providers(ctx))
+        wanted = self.providers(ctx)[0]
+        wanted = wanted[0] if isinstance(wanted, tuple) else wanted
         active = session.get_providers()
         if active[0] != wanted:
-            # ONNX Runtime falls back to the CPU silently; CPU figures must never pass as GPU ones.
-            raise RuntimeError(f"ONNX Runtime fell back to {active[0]} instead of {wanted}")
-        return OrtPrepared(session, active[0], path.stat().st_size, cache_hit)
+            raise RuntimeError(f"ONNX Runtime fell back to {active[0]} instead of {wanted}; refusing to report its figures as {wanted}'s")
+        return OrtPrepared(session, active[0], path.stat().st_size, cache_hit, ctx.device)
+
+
+class OrtTensorrtBackend(OrtBackend):
+    """ONNX Runtime with TensorRT's execution provider (CUDA for what TensorRT cannot take)."""
+
+    name = "ort-trt"
+    provider_for_device = {"cpu": "TensorrtExecutionProvider", "cuda": "TensorrtExecutionProvider"}
+
+    def unavailable_reason(self, device: str, precision: str) -> Optional[str]:
+        if device != "cuda":
+            return "ONNX Runtime's TensorRT provider runs on CUDA GPUs only"
+        return super().unavailable_reason(device, precision)
+
+    def precision_reason(self, device: str, precision: str) -> Optional[str]:
+        if precision == "int8":
+            return "int8 with ONNX Runtime's TensorRT provider needs a calibration table, which this backend does not make; use trt for int8"
+        return None
+
+    def providers(self, ctx: PrepareContext) -> list[Any]:
+        # Engines are cached by ONNX Runtime itself, beside our ONNX cache, keyed by GPU and TensorRT version.
+        engine_dir = ctx.cache.root / "ort-trt-engines"
+        engine_dir.mkdir(parents=True, exist_ok=True)
+        options = {
+            "device_id": 0,
+            "trt_fp16_enable": ctx.precision == "fp16",
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(engine_dir),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(engine_dir),
+            # One profile covering the accuracy pass and every timed batch size.
+            "trt_profile_min_shapes": f"{INPUT_NAME}:1x{'x'.join(map(str, ctx.input_shape))}",
+            "trt_profile_opt_shapes": f"{INPUT_NAME}:{ctx.batch_size}x{'x'.join(map(str, ctx.input_shape))}",
+            "trt_profile_max_shapes": f"{INPUT_NAME}:{max(ctx.batch_size, 64)}x{'x'.join(map(str, ctx.input_shape))}",
+        }
+        return [("TensorrtExecutionProvider", options), "CUDAExecutionProvider"]
+
+    def prepare(self, module: torch.nn.Module, ctx: PrepareContext) -> OrtPrepared:
+        prepared = super().prepare(module, ctx)
+        prepared.max_batch = max(ctx.batch_size, 64)
+        return prepared

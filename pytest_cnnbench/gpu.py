@@ -1,0 +1,143 @@
+"""GPU-side measurement: device memory per cell, compute latency from CUDA events, GPU facts.
+
+Imported only when a cell runs on CUDA. Every memory figure carries its source, since
+``torch.cuda.max_memory_allocated`` (exact peak, PyTorch's allocator only) and NVML
+(what the driver sees for the process, sampled) measure different things.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable, Optional
+
+TORCH_PEAK = "torch.cuda.max_memory_allocated"
+NVML_PROCESS = "nvml process memory (sampled max)"
+NVML_DEVICE = "nvml device memory minus cell start (sampled max)"
+
+
+def _nvml() -> Any:
+    try:
+        import pynvml  # from the nvidia-ml-py package
+
+        pynvml.nvmlInit()
+        return pynvml
+    except Exception:  # no library, no driver, no GPU: NVML figures are simply absent
+        return None
+
+
+class DeviceMemory:
+    """Peak device memory over a cell. ``torch_allocator=True`` for backends whose memory all
+    goes through PyTorch's caching allocator (eager, TorchScript); NVML samples otherwise."""
+
+    def __init__(self, torch_allocator: bool, device_index: int = 0) -> None:
+        self.torch_allocator = torch_allocator
+        self.device_index = device_index
+        self.samples: list[float] = []
+        self.baseline_mb = 0.0
+        self.nvml = None if torch_allocator else _nvml()
+        self.source: Optional[str] = TORCH_PEAK if torch_allocator else None
+
+    def __enter__(self) -> "DeviceMemory":
+        import torch
+
+        torch.cuda.synchronize()
+        if self.torch_allocator:
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self.baseline_mb = self._device_used_mb() or 0.0
+            self.sample()
+        return self
+
+    def _handle(self) -> Any:
+        return self.nvml.nvmlDeviceGetHandleByIndex(self.device_index)
+
+    def _process_mb(self) -> Optional[float]:
+        try:
+            for proc in self.nvml.nvmlDeviceGetComputeRunningProcesses(self._handle()):
+                if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
+                    return proc.usedGpuMemory / 2**20
+        except Exception:
+            pass
+        return None  # e.g. in a container whose PIDs NVML cannot see
+
+    def _device_used_mb(self) -> Optional[float]:
+        if self.nvml is None:
+            return None
+        try:
+            return self.nvml.nvmlDeviceGetMemoryInfo(self._handle()).used / 2**20
+        except Exception:
+            return None
+
+    def sample(self) -> None:
+        """Record NVML's current figure (call at the cell's high points: after prepare, accuracy, timing)."""
+        if self.torch_allocator or self.nvml is None:
+            return
+        value = self._process_mb()
+        if value is not None:
+            self.source = NVML_PROCESS
+        else:
+            used = self._device_used_mb()
+            if used is None:
+                return
+            value, self.source = used - self.baseline_mb, NVML_DEVICE
+        self.samples.append(value)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.sample()
+
+    @property
+    def peak_mb(self) -> Optional[float]:
+        if self.torch_allocator:
+            import torch
+
+            return torch.cuda.max_memory_allocated() / 2**20
+        return max(self.samples) if self.samples else None
+
+
+def time_device_calls(call: Callable[[], Any], rounds: int, events: bool) -> tuple[list[float], Optional[list[float]]]:
+    """Time ``call`` (which ends with a device synchronization) ``rounds`` times.
+
+    Returns host wall times (s) and, with ``events``, CUDA-event device times (s) recorded on
+    the current stream (meaningful for backends that run on it: PyTorch, torch-tensorrt).
+    """
+    import time
+
+    import torch
+
+    wall, device = [], [] if events else None
+    start_event = torch.cuda.Event(enable_timing=True) if events else None
+    end_event = torch.cuda.Event(enable_timing=True) if events else None
+    for _ in range(rounds):
+        started = time.perf_counter()
+        if events:
+            start_event.record()
+        call()
+        if events:
+            end_event.record()
+            end_event.synchronize()
+            device.append(start_event.elapsed_time(end_event) / 1000.0)
+        wall.append(time.perf_counter() - started)
+    return wall, device
+
+
+def gpu_environment() -> dict[str, Any]:
+    """GPU facts for the report: only from modules already loaded (never imports torch itself)."""
+    info: dict[str, Any] = {}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        info["cuda"] = torch.version.cuda
+        try:
+            if torch.cuda.is_available():
+                info["gpu"] = torch.cuda.get_device_name()
+                info["cudnn"] = torch.backends.cudnn.version()
+        except Exception:
+            pass
+    nvml = _nvml() if info.get("gpu") else None
+    if nvml is not None:
+        try:
+            driver = nvml.nvmlSystemGetDriverVersion()
+            info["driver"] = driver.decode() if isinstance(driver, bytes) else driver
+        except Exception:
+            pass
+    return info

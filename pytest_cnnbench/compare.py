@@ -88,7 +88,8 @@ class Rule:
 
     @property
     def text(self) -> str:
-        return f"{self.metric}:{self.threshold:g}{METRICS[self.metric].threshold_unit}"
+        number = f"{self.threshold:f}".rstrip("0").rstrip(".")  # 10, 0.5, 1000000: never 1e+06
+        return f"{self.metric}:{number}{METRICS[self.metric].threshold_unit}"
 
 
 def parse_rules(text: str) -> tuple[Rule, ...]:

@@ -269,6 +269,7 @@ ENVIRONMENT_FIELDS = {
     "torch": _versions("torch"),
     "ONNX Runtime": _versions("onnxruntime-gpu", "onnxruntime"),
     "TensorRT": _versions("tensorrt"),
+    "OMP_NUM_THREADS": lambda env: (env.get("env_vars") or {}).get("OMP_NUM_THREADS"),
 }
 
 

@@ -12,6 +12,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
+# Settings that change CPU/GPU timings; recorded when set (torch itself is never imported here).
+ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
 PACKAGES = ("torch", "torchvision", "onnxruntime", "onnxruntime-gpu", "tensorrt", "torch-tensorrt", "pytest-benchmark", "pytest-cnnbench")
 
 
@@ -112,6 +114,7 @@ def collect(results: list[dict[str, Any]], rootdir: Path, options: dict[str, Any
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "argv": sys.argv[1:],
         "options": options,
+        "env_vars": {name: os.environ[name] for name in ENV_VARS if name in os.environ},
     }
     gpu = gpus()
     if gpu:  # absent, not empty, where there is no NVIDIA GPU (or no nvidia-ml-py)

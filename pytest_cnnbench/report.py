@@ -69,6 +69,8 @@ def environment_lines(env: dict[str, Any]) -> list[str]:
     if env.get("devices"):
         lines.append("devices used: " + ", ".join(env["devices"]))
     lines.append("software: " + _versions(env))
+    if env.get("env_vars"):
+        lines.append("environment variables: " + ", ".join(f"{k}={v}" for k, v in env["env_vars"].items()))
     if env.get("git_commit"):
         lines.append(f"git commit: {env['git_commit']}" + (" (with uncommitted changes)" if env.get("git_dirty") else ""))
     if env.get("timestamp"):

@@ -161,11 +161,13 @@ def test_environment_differences_say_what_differs():
     other = copy.deepcopy(ENV)
     other.update(cpu="Other CPU", cpu_count=2, gpus=["NVIDIA H100"], gpu_driver="550.1")
     other["versions"]["torch"] = "2.6.0"
+    other["env_vars"] = {"OMP_NUM_THREADS": "1"}
     diffs = compare.environment_differences(ENV, other)
     assert "CPU model: Test CPU in the baseline, Other CPU now" in diffs
     assert "CPU cores: 8 in the baseline, 2 now" in diffs
     assert "GPU: none in the baseline, NVIDIA H100 now" in diffs
     assert "torch: 2.5.0 in the baseline, 2.6.0 now" in diffs
+    assert "OMP_NUM_THREADS: none in the baseline, 1 now" in diffs
     assert not any(d.startswith(("ONNX Runtime", "GPU driver")) for d in diffs)
     assert compare.environment_differences(ENV, copy.deepcopy(ENV)) == []
 

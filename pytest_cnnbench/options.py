@@ -49,18 +49,19 @@ MULTI = {"cnn-report"}  # may be given several times
 
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("cnnbench", "CNN inference benchmarking (pytest-cnnbench)")
-    for name, (help_text, default) in OPTIONS.items():
+    for name, (ini_help, default) in OPTIONS.items():
         ini = name.replace("-", "_")
+        help_text = ini_help.replace("%", "%%")  # argparse %-formats command-line help, not ini help
         if name in FLAGS:
             group.addoption(f"--{name}", action="store_true", default=None, dest=ini, help=help_text)
-            parser.addini(ini, help_text, type="bool", default=False)
+            parser.addini(ini, ini_help, type="bool", default=False)
         elif name in MULTI:
             group.addoption(f"--{name}", action="append", default=None, dest=ini, metavar="PATH", help=help_text)
-            parser.addini(ini, help_text, default=default)
+            parser.addini(ini, ini_help, default=default)
         else:
             shown = f" (default: {default})" if default is not None else ""
             group.addoption(f"--{name}", action="store", default=None, dest=ini, metavar="VALUE", help=help_text + shown)
-            parser.addini(ini, help_text, default=default)
+            parser.addini(ini, ini_help, default=default)
 
 
 def _raw(config: pytest.Config, name: str) -> Any:

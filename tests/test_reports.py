@@ -432,3 +432,12 @@ def test_pytest_benchmark_autosave_and_compare_keep_working(project):
     result.stderr.fnmatch_lines(["*Comparing against benchmarks from*0001_*"])
     result.stdout.fnmatch_lines_random(["test_bench[[]tiny-eager-bs1[]] (NOW) *", "test_bench[[]tiny-eager-bs1[]] (0001_*"])
     assert "cnnbench results" in result.stdout.str()
+
+
+def test_help_lists_the_report_options_and_their_ini_twins(project):
+    result = project.runpytest_subprocess("--help")
+    assert result.ret == 0, result.stderr.str()
+    out = result.stdout.str()
+    for name in ("cnn-report", "cnn-plot", "cnn-compare", "cnn-compare-fail"):
+        assert f"--{name}=" in out and f"  {name.replace('-', '_')} (string)" in out
+    assert "p50:10%,throughput:5%,top1:0.5" in out  # a "%" in help text must not break argparse

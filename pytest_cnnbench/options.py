@@ -34,21 +34,34 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
     "cnn-max-time": ("seconds of timed calls per cell (the loop stops at whichever of this or max rounds comes first)", "2.0"),
     "cnn-max-rounds": ("most timed calls per cell", "2000"),
     "cnn-no-download": ("never download data or weights (also $CNNBENCH_NO_DOWNLOAD=1)", None),
+    "cnn-report": ("write reports, chosen by extension: .md (table and environment), .csv (one row per cell), "
+                   ".json (as --cnn-json); comma list, may be repeated", None),
+    "cnn-plot": ("draw latency by backend and accuracy against latency into this image (.png, .svg or .pdf; "
+                 "needs pytest-cnnbench[plot])", None),
+    "cnn-compare": ("compare with this result file of an earlier run (from --cnn-json): adds change columns", None),
+    "cnn-compare-fail": ("with --cnn-compare, fail the session when a cell regresses past a rule: comma list of "
+                         "METRIC:THRESHOLD, e.g. p50:10%,throughput:5%,top1:0.5 (latency/throughput in %, "
+                         "top1/top5 in percentage points)", None),
 }
 FLAGS = {"cnn-no-download"}
+MULTI = {"cnn-report"}  # may be given several times
 
 
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("cnnbench", "CNN inference benchmarking (pytest-cnnbench)")
-    for name, (help_text, default) in OPTIONS.items():
+    for name, (ini_help, default) in OPTIONS.items():
         ini = name.replace("-", "_")
+        help_text = ini_help.replace("%", "%%")  # argparse %-formats command-line help, not ini help
         if name in FLAGS:
             group.addoption(f"--{name}", action="store_true", default=None, dest=ini, help=help_text)
-            parser.addini(ini, help_text, type="bool", default=False)
+            parser.addini(ini, ini_help, type="bool", default=False)
+        elif name in MULTI:
+            group.addoption(f"--{name}", action="append", default=None, dest=ini, metavar="PATH", help=help_text)
+            parser.addini(ini, ini_help, default=default)
         else:
             shown = f" (default: {default})" if default is not None else ""
             group.addoption(f"--{name}", action="store", default=None, dest=ini, metavar="VALUE", help=help_text + shown)
-            parser.addini(ini, help_text, default=default)
+            parser.addini(ini, ini_help, default=default)
 
 
 def _raw(config: pytest.Config, name: str) -> Any:
@@ -112,6 +125,10 @@ class Settings:
     max_rounds: int
     max_time: float
     download: bool
+    reports: tuple[Path, ...] = ()
+    plot_path: Optional[Path] = None
+    compare_path: Optional[Path] = None
+    compare_rules: tuple[Any, ...] = ()  # compare.Rule
 
 
 def _check_writable(path: Path, option: str) -> None:
@@ -122,6 +139,60 @@ def _check_writable(path: Path, option: str) -> None:
         raise pytest.UsageError(f"--{option}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise pytest.UsageError(f"--{option}: {path} is not writable")
+
+
+def _report_paths(config: pytest.Config) -> tuple[Path, ...]:
+    from .report import WRITERS
+
+    raw = _raw(config, "cnn-report") or ()
+    items = [item.strip() for value in ([raw] if isinstance(raw, str) else raw) for item in str(value).split(",")]
+    paths = tuple(dict.fromkeys(Path(item).expanduser() for item in items if item))
+    for path in paths:
+        if path.suffix.lower() not in WRITERS:
+            raise pytest.UsageError(f"--cnn-report: {str(path)!r} has no report extension; valid: {', '.join(WRITERS)}")
+        _check_writable(path, "cnn-report")
+    return paths
+
+
+def _plot_path(config: pytest.Config) -> Optional[Path]:
+    import importlib.util
+
+    from .plot import FORMATS
+
+    raw = _raw(config, "cnn-plot")
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    if path.suffix.lower() not in FORMATS:
+        raise pytest.UsageError(f"--cnn-plot: {str(path)!r} has no image extension; valid: {', '.join(FORMATS)}")
+    _check_writable(path, "cnn-plot")
+    if importlib.util.find_spec("matplotlib") is None:  # say so now, not after the whole run
+        raise pytest.UsageError("--cnn-plot needs matplotlib; install it with: pip install 'pytest-cnnbench[plot]'")
+    return path
+
+
+def _compare(config: pytest.Config) -> tuple[Optional[Path], tuple[Any, ...]]:
+    from . import compare
+    from .results import load_json
+
+    raw, rules_raw = _raw(config, "cnn-compare"), _raw(config, "cnn-compare-fail")
+    path = Path(raw).expanduser() if raw else None
+    if path is not None:
+        if not path.is_file():
+            raise pytest.UsageError(f"--cnn-compare: result file {path} does not exist")
+        try:
+            load_json(path)
+        except ValueError as exc:
+            raise pytest.UsageError(f"--cnn-compare: {exc}") from None
+    rules: tuple[Any, ...] = ()
+    if rules_raw:
+        try:
+            rules = compare.parse_rules(rules_raw)
+        except compare.RuleError as exc:
+            raise pytest.UsageError(f"--cnn-compare-fail: {exc}") from None
+        if path is None:
+            raise pytest.UsageError("--cnn-compare-fail needs --cnn-compare BASELINE.json to compare with")
+    return path, rules
 
 
 def parse_settings(config: pytest.Config) -> Settings:
@@ -149,6 +220,7 @@ def parse_settings(config: pytest.Config) -> Settings:
     weights = str(_raw(config, "cnn-weights")).strip()
     if weights not in ("pretrained", "random") and not Path(weights).expanduser().is_file():
         raise pytest.UsageError(f"--cnn-weights: {weights!r} is neither 'pretrained', 'random' nor an existing state dict file")
+    compare_path, compare_rules = _compare(config)
     no_download = bool(_raw(config, "cnn-no-download")) or os.environ.get("CNNBENCH_NO_DOWNLOAD", "") not in ("", "0")
     return Settings(
         backends=_names(_raw(config, "cnn-backend"), "cnn-backend", registry.backends.names()),
@@ -166,4 +238,8 @@ def parse_settings(config: pytest.Config) -> Settings:
         max_rounds=max(1, _positive_number(_raw(config, "cnn-max-rounds"), "cnn-max-rounds", int)),
         max_time=_positive_number(_raw(config, "cnn-max-time"), "cnn-max-time", float),
         download=not no_download,
+        reports=_report_paths(config),
+        plot_path=_plot_path(config),
+        compare_path=compare_path,
+        compare_rules=compare_rules,
     )

@@ -77,7 +77,7 @@ def pytest_cnnbench_environment(config: pytest.Config, results: list[dict[str, A
 def pytest_cnnbench_format_table(config: pytest.Config, results: list[dict[str, Any]]) -> str:
     from .table import format_table
 
-    return format_table(results)
+    return format_table(results, changes=config.stash[SESSION_KEY].table_changes(results))
 
 
 # -- parametrization --------------------------------------------------------------------

@@ -69,8 +69,23 @@ def write_json(path: Path, results: Iterable[dict[str, Any]], environment: dict[
 
 
 def load_json(path: Path) -> dict[str, Any]:
-    data = json.loads(Path(path).read_text())
+    """Read a result file; ``ValueError`` with a message fit for users when it cannot be read."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a JSON file ({exc})") from None
     version: Optional[int] = data.get("format_version") if isinstance(data, dict) else None
+    if version is None:
+        raise ValueError(f"{path}: not a pytest-cnnbench result file (no format_version)")
     if version != FORMAT_VERSION:
-        raise ValueError(f"{path}: result format version {version!r} is not supported (this pytest-cnnbench reads version {FORMAT_VERSION})")
+        age = ("a newer" if version > FORMAT_VERSION else "an older") if isinstance(version, int) else "an unknown"
+        raise ValueError(
+            f"{path}: result format version {version!r} (written by {age} pytest-cnnbench) is not supported; "
+            f"this pytest-cnnbench reads version {FORMAT_VERSION}"
+            + ("; upgrade pytest-cnnbench to read it" if age == "a newer" else ""))
+    if not isinstance(data.get("results"), list) or not all(
+            isinstance(r, dict) and {"model", "backend", "batch_size"} <= r.keys() for r in data["results"]):
+        raise ValueError(f"{path}: malformed result file (\"results\" must be a list of cell results)")
     return data

@@ -35,6 +35,16 @@ class CnnBenchSession:
         self.rows: dict[str, dict[str, Any]] = {}  # nodeid -> result, in first-seen order
         self.is_worker = hasattr(config, "workerinput")
         self._environment: Optional[dict[str, Any]] = None
+        # Loaded now, at configure time: --cnn-json may name the same file and rewrite it as cells finish.
+        self.baseline: Optional[dict[str, Any]] = None
+        if settings.compare_path is not None and not self.is_worker:
+            try:
+                self.baseline = R.load_json(settings.compare_path)
+            except ValueError as exc:
+                raise pytest.UsageError(f"--cnn-compare: {exc}") from None
+        self.comparison: Any = None  # compare.Comparison, once the session finished
+        self.written: list[Path] = []  # reports and charts written at the end
+        self.output_errors: list[str] = []
 
     # -- collecting -----------------------------------------------------------------
     @pytest.hookimpl(trylast=True)
@@ -47,7 +57,7 @@ class CnnBenchSession:
             row = self.rows[report.nodeid] = R.empty_result(props[R.CELL_PROPERTY])
             row["test"] = report.nodeid
         if R.RESULT_PROPERTY in props:
-            row.update({k: v for k, v in props[R.RESULT_PROPERTY].items() if k not in ("status", "reason")})
+            row.update({k: v for k, v in props[R.RESULT_PROPERTY].items() if k not in ("status", "reason", "test")})
         self._update_status(row, report)
         if report.when == "teardown" and not self.is_worker:
             self.config.hook.pytest_cnnbench_result(config=self.config, result=row)
@@ -80,7 +90,20 @@ class CnnBenchSession:
         return self._environment
 
     def options(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self.settings).items()}
+        def plain(value: Any) -> Any:
+            if isinstance(value, Path):
+                return str(value)
+            if isinstance(value, (list, tuple)):
+                return [plain(v) for v in value]
+            return value
+
+        return {k: plain(v) for k, v in dataclasses.asdict(self.settings).items()}
+
+    def table_changes(self, results: list[dict[str, Any]]) -> Optional[list[Optional[dict[str, Any]]]]:
+        """The change columns for ``results`` when they are this session's compared results."""
+        if self.comparison is None or self.comparison.rows != results:
+            return None
+        return self.comparison.table_changes()
 
     def write_json(self, path: Path) -> None:
         R.write_json(path, self.results, self.environment())
@@ -91,11 +114,46 @@ class CnnBenchSession:
         for row in self.rows.values():
             if row["status"] is None:  # set up, never reported back: the run stopped inside it
                 row["status"], row["reason"] = "error", "did not finish (run interrupted)"
-        if self.settings.json_path is None:
-            return
-        if self.rows or not self.settings.json_path.exists():
-            self._environment = None  # refresh with every device seen
+        self._environment = None  # refresh with every device seen
+        if self.settings.json_path is not None and (self.rows or not self.settings.json_path.exists()):
             self.write_json(self.settings.json_path)
+        if self.baseline is not None and self.rows:
+            self._compare(session)
+        if self.rows or any(not path.exists() for path in self.settings.reports):
+            self._write_outputs(session)
+
+    def _compare(self, session: pytest.Session) -> None:
+        from . import compare
+
+        self.comparison = compare.compare(
+            self.results, self.baseline["results"], self.settings.compare_rules,  # type: ignore[index]
+            baseline_label=str(self.settings.compare_path), current_env=self.environment(),
+            baseline_env=self.baseline.get("environment"),  # type: ignore[union-attr]
+        )
+        if self.comparison.violations and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # what pytest returns from main()
+
+    def _write_outputs(self, session: pytest.Session) -> None:
+        """--cnn-report files and the --cnn-plot chart; a failure is reported, not raised."""
+        from . import report
+
+        outputs: list[tuple[Path, Any]] = [
+            (path, lambda p: report.write_reports([p], self.results, self.environment(), self.comparison))
+            for path in self.settings.reports
+        ]
+        if self.settings.plot_path is not None and self.rows:
+            from .plot import plot
+
+            outputs.append((self.settings.plot_path,
+                            lambda p: plot(self.results, p, title=report.plot_title(self.environment()))))
+        for path, write in outputs:
+            try:
+                write(path)
+                self.written.append(path)
+            except Exception as exc:  # a report that cannot be written must not hide the results
+                self.output_errors.append(f"{path}: {type(exc).__name__}: {exc}")
+        if self.output_errors and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker or not self.rows:
@@ -108,3 +166,24 @@ class CnnBenchSession:
         tr.write_line(self.config.hook.pytest_cnnbench_format_table(config=self.config, results=self.results))
         if self.settings.json_path is not None:
             tr.write_line(f"cnnbench: results written to {self.settings.json_path}")
+        if self.written:
+            tr.write_line("cnnbench: written " + ", ".join(map(str, self.written)))
+        for error in self.output_errors:
+            tr.write_line(f"cnnbench: ERROR writing {error}", red=True, bold=True)
+        if self.comparison is not None:
+            self._summarize_comparison(tr)
+
+    def _summarize_comparison(self, tr: Any) -> None:
+        comparison = self.comparison
+        for note in comparison.notes():
+            tr.write_line(f"cnnbench: {note}", yellow=note.startswith("WARNING"))
+        if not comparison.rules:
+            return
+        rules = ", ".join(rule.text for rule in comparison.rules)
+        if comparison.violations:
+            cells = len({id(v.row) for v in comparison.violations})
+            tr.write_sep("-", f"cnnbench: {cells} cell(s) regressed past --cnn-compare-fail={rules}", red=True, bold=True)
+            for violation in comparison.violations:
+                tr.write_line(f"REGRESSION {violation.message}", red=True)
+        else:
+            tr.write_line(f"cnnbench: every matching cell is within --cnn-compare-fail={rules}", green=True)

@@ -11,10 +11,14 @@ HEADERS = [
     "img/s", "host MB", "dev MB", "prep s", "speedup", "status",
 ]
 RANDOM_MARK = "*"
+# Change columns (with --cnn-compare): key in a ``changes`` entry -> header; latency/img/s in %, top-1 in pp.
+CHANGE_HEADERS = {"p50": "p50 chg", "p99": "p99 chg", "throughput": "img/s chg", "top1": "top-1 chg"}
+BROKEN_MARK = "!"
 
 
 def _key(r: dict[str, Any], precision: Optional[str] = None) -> tuple:
-    return (r["model"], r.get("device"), precision or r.get("precision"), r["batch_size"], r.get("dataset"))
+    # "source" keeps merged runs apart: speedups are against eager on the same machine.
+    return (r.get("source"), r["model"], r.get("device"), precision or r.get("precision"), r["batch_size"], r.get("dataset"))
 
 
 def speedups(results: list[dict[str, Any]]) -> list[Optional[float]]:
@@ -76,16 +80,47 @@ def rows(results: list[dict[str, Any]]) -> list[list[str]]:
     return out
 
 
-def format_table(results: Iterable[dict[str, Any]], tablefmt: str = "simple") -> str:
+def _change(entry: Optional[dict[str, Any]], name: str) -> str:
+    value = entry.get(name) if entry else None
+    if value is None:
+        return "-"
+    text = f"{value:+.2f}pp" if name == "top1" else f"{value:+.1f}%"
+    return text + BROKEN_MARK if name in entry.get("broken", ()) else text  # type: ignore[union-attr]
+
+
+def format_table(results: Iterable[dict[str, Any]], tablefmt: str = "simple",
+                 changes: Optional[list[Optional[dict[str, Any]]]] = None) -> str:
+    """The table and its notes. ``changes`` (one entry or None per result, see ``CHANGE_HEADERS``) adds
+    change columns before the status; rows with a ``source`` (merged result files) get a column naming it."""
     results = list(results)
-    text = tabulate(rows(results), headers=HEADERS, tablefmt=tablefmt, disable_numparse=True)
+    return table_body(results, tablefmt, changes) + "\n" + "\n".join(table_notes(results))
+
+
+def table_body(results: list[dict[str, Any]], tablefmt: str = "simple",
+               changes: Optional[list[Optional[dict[str, Any]]]] = None) -> str:
+    headers, body = list(HEADERS), rows(results)
+    if changes is not None:
+        at = headers.index("status")
+        headers[at:at] = CHANGE_HEADERS.values()
+        for row, entry in zip(body, changes):
+            row[at:at] = [_change(entry, name) for name in CHANGE_HEADERS]
+    if any(r.get("source") for r in results):
+        headers.insert(0, "source")
+        for row, r in zip(body, results):
+            row.insert(0, r.get("source") or "-")
+    if tablefmt in ("github", "pipe"):  # a "|" inside a cell would end it
+        body = [[str(cell).replace("|", "\\|") for cell in row] for row in body]
+    return tabulate(body, headers=headers, tablefmt=tablefmt, disable_numparse=True)
+
+
+def table_notes(results: list[dict[str, Any]]) -> list[str]:
     notes = []
     if any(r.get("accuracy_valid") is False for r in results):
         notes.append(f"{RANDOM_MARK} accuracy of random (not pretrained) weights or unlabelled data: not meaningful, not asserted")
     if any(r.get("agreement") and not r["agreement"].get("meaningful") for r in results):
         notes.append("(n/m) top-1 agreement not meaningful: the eager reference predicts (nearly) one class for every input")
     notes.append("agree = top-1 agreement with eager and max relative logit error; ±ci = 95% CI of the p50; (c) = artifact from cache")
-    return text + "\n" + "\n".join(notes)
+    return notes
 
 
 def format_environment(env: dict[str, Any]) -> str:

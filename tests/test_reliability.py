@@ -100,7 +100,9 @@ def test_cache_write_is_atomic_and_leaves_nothing_on_failure(tmp_path):
     assert cache.lookup("onnx", "k", ".onnx") is None  # a reader never sees half a file
     release.set()
     thread.join()
-    assert cache.lookup("onnx", "k", ".onnx").read_bytes() == b"the whole artifact"
+    published = cache.lookup("onnx", "k", ".onnx")
+    assert published.read_bytes() == b"the whole artifact"
+    assert published.stat().st_mode & 0o777 == 0o666 & ~_current_umask()  # not mkstemp's 0600
 
     def failing_writer(path: Path) -> None:
         path.write_bytes(b"partial")
@@ -109,6 +111,12 @@ def test_cache_write_is_atomic_and_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(RuntimeError):
         cache.store("onnx", "other", ".onnx", failing_writer)
     assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["k.onnx", "k.onnx.sha256"]
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_concurrent_runs_share_one_cache(tiny_project):

@@ -7,10 +7,11 @@ collection.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from . import results as R
 from .backends.base import PrepareContext, Prepared, model_fingerprint
 from .cache import ArtifactCache, hash_parts
 from .core import BuiltModel, CellSkip, CellSpec, DatasetContext, ModelContext
-from .measure import Agreement, HostMemory, TimingRules, agreement, current_rss_mb, evaluate, time_with_benchmark
+from .measure import Agreement, HostMemory, TimingRules, agreement, current_rss_mb, evaluate, probe, time_with_benchmark
 from .options import Settings
 
 ACCURACY_BATCH = 250  # large batches for the accuracy pass: it is not the timed part
@@ -133,6 +134,29 @@ def scale_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
 
 
+@contextlib.contextmanager
+def _phase(phases: dict[str, float], name: str) -> Iterator[None]:
+    """Add the wall time of a block to ``phases[name]`` (for --cnn-profile)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[name] = phases.get(name, 0.0) + time.perf_counter() - started
+
+
+class _NoDeviceMemory:
+    peak_mb = source = None
+
+    def __enter__(self) -> "_NoDeviceMemory":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def sample(self) -> None:
+        pass
+
+
 class CellRunner:
     """The ``cnnbench`` fixture: ``run()`` measures the cell; ``check_accuracy()`` asserts thresholds."""
 
@@ -159,44 +183,60 @@ class CellRunner:
         spec, bench = self.spec, self.bench
         result = R.empty_result({**spec.as_dict(), "device": self.device})
         result["device_name"] = device_name(self.device)
+        phases: dict[str, float] = result["phases_s"]
         try:
-            built, key = bench.model(spec)
-            dataset, images, labels = bench.dataset(spec, built)
+            with _phase(phases, "model"):
+                built, key = bench.model(spec)
+            with _phase(phases, "dataset"):
+                dataset, images, labels = bench.dataset(spec, built)
         except CellSkip as exc:
             pytest.skip(str(exc))
         result["weights"] = built.weights_kind
         result["accuracy_valid"] = built.accuracy_meaningful and bool(dataset.labels_meaningful)
 
         ref_key = (spec.model, key, dataset.content_id, self.device)
+        batch = images[: spec.batch_size]
+        if len(batch) < spec.batch_size:  # small datasets: tile samples up to the batch size
+            batch = images[torch.arange(spec.batch_size) % len(images)]
+        ctx = bench._prepare_ctx(spec, self.device, key)
+        ctx.calibration, ctx.calibration_id = images, f"{dataset.content_id}/{built.preprocess_id}"
+        threads_before = torch.get_num_threads()
         prepared: Optional[Prepared] = None
         memory = HostMemory()
+        device_memory = self._device_memory()
+        stats = None
         try:
-            with memory:
-                started = time.perf_counter()
-                prepared = self.backend.prepare(built.module, bench._prepare_ctx(spec, self.device, key))
-                result["prepare_s"] = time.perf_counter() - started
-                result["prepare_cached"] = bool(prepared.cache_hit)
+            with memory, device_memory:
+                with _phase(phases, "prepare"):
+                    prepared = self._prepare(built.module, ctx, batch, result)
+                device_memory.sample()
                 result["provider"] = prepared.provider
                 if prepared.artifact_bytes is not None:
                     result["artifact_mb"] = prepared.artifact_bytes / 2**20
 
-                self._accuracy(result, prepared, images, labels, built, key, dataset.content_id, ref_key)
+                with _phase(phases, "accuracy"):
+                    self._accuracy(result, prepared, images, labels, built, key, dataset.content_id, ref_key)
+                device_memory.sample()
 
-                batch = images[: spec.batch_size]
-                if len(batch) < spec.batch_size:  # small datasets: tile samples up to the batch size
-                    batch = images[torch.arange(spec.batch_size) % len(images)]
                 # Requested only now, so a cell that skips or fails earlier never touches pytest-benchmark.
                 self.benchmark = self.request.getfixturevalue("benchmark")
-                rules = TimingRules(bench.settings.warmup, bench.settings.min_rounds, bench.settings.max_rounds, bench.settings.max_time)
-                stats = time_with_benchmark(self.benchmark, prepared.bind(batch), rules)
+                s = bench.settings
+                rules = TimingRules(s.warmup, s.min_rounds, s.max_rounds, s.max_time, s.target_ci)
+                with _phase(phases, "timing"), torch.inference_mode():
+                    stats = time_with_benchmark(self.benchmark, prepared.bind(batch), rules)
+                    device_call = prepared.bind_device(batch)
+                    if device_call is not None and stats is not None:
+                        self._time_on_device(result, device_call, rules)
             if stats is not None:
                 result["latency_ms"] = stats.as_dict()
                 result["throughput_ips"] = spec.batch_size * 1000.0 / stats.p50
-            result["memory_mb"].update(host_peak=memory.peak_mb, host_delta=memory.delta_mb)
+            result["memory_mb"].update(host_peak=memory.peak_mb, host_delta=memory.delta_mb,
+                                       device_peak=device_memory.peak_mb, device_peak_source=device_memory.source)
         finally:
             if prepared is not None:
                 prepared.close()
             del prepared
+            torch.set_num_threads(threads_before)
             gc.collect()
         # What the process holds once the cell is released: it must not grow from cell to cell.
         result["memory_mb"]["host_after"] = current_rss_mb()
@@ -206,6 +246,66 @@ class CellRunner:
             self.benchmark.extra_info.update({"cnnbench": {k: v for k, v in result.items() if k != "test"}})
         return result
 
+    def _device_memory(self) -> Any:
+        if self.device != "cuda":
+            return _NoDeviceMemory()
+        from .gpu import DeviceMemory
+
+        return DeviceMemory(torch_allocator=bool(getattr(self.backend, "uses_torch_allocator", False)))
+
+    def _thread_candidates(self) -> list[int]:
+        if self.device != "cpu":
+            return [torch.get_num_threads()]
+        if self.bench.settings.threads is not None:
+            return [self.bench.settings.threads]
+        from .environment import physical_cores
+
+        return sorted({physical_cores(), 1}, reverse=True)
+
+    def _prepare(self, module: torch.nn.Module, ctx: PrepareContext, batch: torch.Tensor, result: dict[str, Any]) -> Prepared:
+        """Prepare the model; on the CPU with --cnn-threads=auto, once per thread count, keeping the
+        faster after a short probe (one thread wins for small models and on a busy machine, where
+        threads waiting on each other cost milliseconds)."""
+        best: Optional[tuple[float, int, Prepared, float]] = None
+        probes: dict[str, float] = {}
+        candidates = self._thread_candidates()
+        for threads in candidates:
+            torch.set_num_threads(threads)
+            ctx.threads = threads
+            started = time.perf_counter()
+            prepared = self.backend.prepare(module, ctx)
+            prepare_s = time.perf_counter() - started
+            if len(candidates) == 1:
+                best = (0.0, threads, prepared, prepare_s)
+                break
+            with torch.inference_mode():
+                seconds = probe(prepared.bind(batch))
+            probes[str(threads)] = seconds * 1000.0
+            if best is None or seconds < best[0]:
+                if best is not None:
+                    best[2].close()
+                best = (seconds, threads, prepared, prepare_s)
+            else:
+                prepared.close()
+        assert best is not None
+        _, threads, prepared, prepare_s = best
+        torch.set_num_threads(threads)
+        result.update(threads=threads, thread_probe_ms=probes or None, prepare_s=prepare_s,
+                      prepare_cached=bool(prepared.cache_hit))
+        return prepared
+
+    def _time_on_device(self, result: dict[str, Any], call: Callable[[], Any], rules: TimingRules) -> None:
+        """Compute latency with the input already on the GPU, as trtexec's GPU compute time."""
+        from .gpu import time_device_calls
+        from .measure import latency_stats, plan_rounds
+
+        rounds = plan_rounds(call, rules)
+        wall, device = time_device_calls(call, rounds, events=bool(getattr(self.backend, "uses_torch_allocator", False)
+                                                                   or self.spec.backend == "trt"))
+        result["compute_latency_ms"] = latency_stats(wall, rules.target_ci).as_dict()
+        if device:
+            result["device_time_ms"] = latency_stats(device, rules.target_ci).as_dict()
+
     def _accuracy(self, result: dict[str, Any], prepared: Prepared, images: torch.Tensor, labels: torch.Tensor,
                   built: BuiltModel, key: str, content_id: str, ref_key: tuple) -> None:
         spec, bench = self.spec, self.bench
@@ -213,7 +313,8 @@ class CellRunner:
         acc = bench.accuracy.get(acc_key)
         if acc is None:
             num_classes = registry.models.get(spec.model).meta["num_classes"]
-            acc = bench.accuracy[acc_key] = evaluate(prepared.run, images, labels, ACCURACY_BATCH, num_classes)
+            batch_size = min(ACCURACY_BATCH, prepared.max_batch or ACCURACY_BATCH)
+            acc = bench.accuracy[acc_key] = evaluate(prepared.run, images, labels, batch_size, num_classes)
         result.update(samples=acc.samples, top1=acc.top1, top5=acc.top5)
         if spec.backend == "eager" and spec.precision == "fp32" and ref_key not in bench.references:
             bench.set_reference(ref_key, acc.logits, labels)  # eager fp32 is the reference itself

@@ -71,6 +71,20 @@ def gpus() -> Optional[dict[str, Any]]:
             pass
 
 
+def physical_cores() -> int:
+    """Physical cores this process may use: one compute thread per core is the fastest setting
+    (SMT siblings share the vector units and slow each other down)."""
+    try:
+        allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+        cores = set()
+        for cpu in allowed:
+            path = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+            cores.add(path.read_text().strip() if path.exists() else str(cpu))
+        return max(1, len(cores))
+    except OSError:
+        return os.cpu_count() or 1
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -1,9 +1,16 @@
 """All measurement in one place: latency (through pytest-benchmark), host memory, accuracy, agreement.
 
-Timing rules: ``warmup`` untimed calls, then a short calibration that picks the
-number of timed rounds so the loop lasts about ``max_time`` seconds (bounded by
-``min_rounds`` and ``max_rounds``). Each round is one call, timed on its own by
-pytest-benchmark's timer, so percentiles come from individual calls.
+Timing rules (see README, "How figures are measured"):
+
+1. ``warmup`` untimed calls.
+2. A pilot of at least ``PILOT_CALLS`` calls (or a tenth of the time cap) measures the
+   spread; from it, the number of rounds that pins the median to within ``target_ci``
+   (relative half-width of its 95% confidence interval, from order statistics) follows,
+   since that half-width shrinks as 1/sqrt(rounds).
+3. That many rounds, bounded by ``min_rounds``/``max_rounds`` and by what fits in the
+   ``max_time`` cap, run through pytest-benchmark's pedantic mode: one call per round,
+   each timed alone, so percentiles are per call. The achieved CI is reported; a cell
+   capped by time before reaching the target says so (``converged`` is false).
 """
 
 from __future__ import annotations
@@ -17,13 +24,16 @@ from typing import Any, Callable, Optional
 
 import torch
 
+PILOT_CALLS = 30
+
 
 @dataclasses.dataclass(frozen=True)
 class TimingRules:
     warmup: int = 10
-    min_rounds: int = 20
-    max_rounds: int = 2000
-    max_time: float = 2.0
+    min_rounds: int = 50
+    max_rounds: int = 5000
+    max_time: float = 5.0  # cap on the timed loop, seconds
+    target_ci: float = 0.02  # stop once the median's 95% CI is within +-2%
 
 
 @dataclasses.dataclass
@@ -37,41 +47,67 @@ class LatencyStats:
     stdev: float
     rounds: int
     ci95_rel: float  # half-width of the median's 95% confidence interval, relative to the median
+    converged: bool = True  # the CI reached the target (False: the time cap or max rounds came first)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def latency_stats(seconds: list[float]) -> LatencyStats:
+def median_ci(sorted_values: list[float]) -> float:
+    """Relative half-width of the median's distribution-free 95% CI (order statistics,
+    normal approximation to the binomial); inf with too few values."""
+    n = len(sorted_values)
+    if n < 6:
+        return math.inf
+    median = statistics.median(sorted_values)
+    half = 1.96 * math.sqrt(n) / 2
+    lo, hi = max(0, int(math.floor(n / 2 - half))), min(n - 1, int(math.ceil(n / 2 + half)))
+    return max(median - sorted_values[lo], sorted_values[hi] - median) / median if median > 0 else math.inf
+
+
+def latency_stats(seconds: list[float], target_ci: float = math.inf) -> LatencyStats:
     """Summarize per-call times (seconds) in milliseconds."""
     ms = sorted(s * 1000.0 for s in seconds)
     n = len(ms)
     if n == 1:
         v = ms[0]
-        return LatencyStats(v, v, v, v, v, v, 0.0, 1, math.inf)
+        return LatencyStats(v, v, v, v, v, v, 0.0, 1, math.inf, False)
     cuts = statistics.quantiles(ms, n=100, method="inclusive")
-    median = statistics.median(ms)
-    # Distribution-free CI of the median from order statistics (normal approximation to the binomial).
-    half = 1.96 * math.sqrt(n) / 2
-    lo, hi = max(0, int(math.floor(n / 2 - half))), min(n - 1, int(math.ceil(n / 2 + half)))
-    ci = max(median - ms[lo], ms[hi] - median) / median if median > 0 else math.inf
+    ci = median_ci(ms)
     return LatencyStats(
-        mean=statistics.fmean(ms), p50=median, p90=cuts[89], p99=cuts[98], min=ms[0], max=ms[-1],
-        stdev=statistics.stdev(ms), rounds=n, ci95_rel=ci,
+        mean=statistics.fmean(ms), p50=statistics.median(ms), p90=cuts[89], p99=cuts[98], min=ms[0], max=ms[-1],
+        stdev=statistics.stdev(ms), rounds=n, ci95_rel=ci, converged=ci <= target_ci,
     )
 
 
-def choose_rounds(call: Callable[[], Any], rules: TimingRules) -> int:
+def _timed_calls(call: Callable[[], Any], count: int, budget: float) -> list[float]:
+    times: list[float] = []
+    deadline = time.perf_counter() + budget
+    while len(times) < count or (time.perf_counter() < deadline and len(times) < 10 * count):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def plan_rounds(call: Callable[[], Any], rules: TimingRules) -> int:
+    """Warm up, run the pilot, and return how many timed rounds reach the target CI within the cap."""
     for _ in range(rules.warmup):
         call()
-    # Calibrate on a few calls (at least 3, at most ~5% of the budget).
-    started, calls = time.perf_counter(), 0
-    while calls < 3 or (time.perf_counter() - started < 0.05 * rules.max_time and calls < 100):
+    pilot = sorted(_timed_calls(call, PILOT_CALLS, 0.1 * rules.max_time))
+    per_call = statistics.median(pilot)
+    ci = median_ci(pilot)
+    wanted = rules.max_rounds if not math.isfinite(ci) else math.ceil(len(pilot) * (ci / rules.target_ci) ** 2)
+    fits = int(0.9 * rules.max_time / max(per_call, 1e-9))
+    # Never fewer rounds than the pilot had: a quiet pilot must not shrink the real sample.
+    return max(rules.min_rounds, min(max(wanted, len(pilot)), rules.max_rounds, fits))
+
+
+def probe(call: Callable[[], Any], seconds: float = 0.3, calls: int = 7) -> float:
+    """Median seconds per call after a short warm-up: enough to rank variants that differ a lot."""
+    for _ in range(3):
         call()
-        calls += 1
-    per_call = (time.perf_counter() - started) / calls
-    wanted = int(rules.max_time / max(per_call, 1e-9))
-    return max(rules.min_rounds, min(rules.max_rounds, wanted))
+    return statistics.median(_timed_calls(call, calls, seconds))
 
 
 def time_with_benchmark(benchmark: Any, call: Callable[[], Any], rules: TimingRules) -> Optional[LatencyStats]:
@@ -79,9 +115,9 @@ def time_with_benchmark(benchmark: Any, call: Callable[[], Any], rules: TimingRu
     if getattr(benchmark, "disabled", False):
         call()
         return None
-    rounds = choose_rounds(call, rules)
+    rounds = plan_rounds(call, rules)
     benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=0)
-    return latency_stats(list(benchmark.stats.stats.data))
+    return latency_stats(list(benchmark.stats.stats.data), rules.target_ci)
 
 
 class HostMemory:

@@ -30,9 +30,12 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
     "cnn-cache-dir": ("folder for trained weights and exported models (default: $CNNBENCH_CACHE_DIR or ~/.cache/pytest-cnnbench)", None),
     "cnn-json": ("write every cell's result to this JSON file", None),
     "cnn-warmup": ("untimed warm-up calls before timing, per cell", "10"),
-    "cnn-min-rounds": ("fewest timed calls per cell", "20"),
-    "cnn-max-time": ("seconds of timed calls per cell (the loop stops at whichever of this or max rounds comes first)", "2.0"),
-    "cnn-max-rounds": ("most timed calls per cell", "2000"),
+    "cnn-min-rounds": ("fewest timed calls per cell", "50"),
+    "cnn-max-time": ("cap on each cell's timed loop, seconds (it stops earlier once the median is known to --cnn-target-ci)", "5.0"),
+    "cnn-max-rounds": ("most timed calls per cell", "5000"),
+    "cnn-target-ci": ("stop timing once the median's 95% confidence interval is within this fraction (0.02 = +-2%)", "0.02"),
+    "cnn-threads": ("CPU threads per cell: 'auto' (probe 1 and one per physical core, keep the faster) or a number", "auto"),
+    "cnn-profile": ("print where the run's time went (model, data, prepare, accuracy, timing) after the table", None),
     "cnn-no-download": ("never download data or weights (also $CNNBENCH_NO_DOWNLOAD=1)", None),
     "cnn-report": ("write reports, chosen by extension: .md (table and environment), .csv (one row per cell), "
                    ".json (as --cnn-json); comma list, may be repeated", None),
@@ -43,7 +46,7 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
                          "METRIC:THRESHOLD, e.g. p50:10%,throughput:5%,top1:0.5 (latency/throughput in %, "
                          "top1/top5 in percentage points)", None),
 }
-FLAGS = {"cnn-no-download"}
+FLAGS = {"cnn-no-download", "cnn-profile"}
 MULTI = {"cnn-report"}  # may be given several times
 
 
@@ -108,6 +111,15 @@ def _positive_number(value: Any, option: str, kind: type = float) -> Any:
     return number
 
 
+def _threads(value: Any) -> Optional[int]:
+    text = str(value).strip()
+    if text == "auto":
+        return None
+    if not text.isdigit() or int(text) <= 0:
+        raise pytest.UsageError(f"--cnn-threads: {text!r} is neither 'auto' nor a positive number of threads")
+    return int(text)
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     backends: tuple[str, ...]
@@ -125,6 +137,9 @@ class Settings:
     max_rounds: int
     max_time: float
     download: bool
+    target_ci: float = 0.02
+    threads: Optional[int] = None  # None: probe per cell ("auto")
+    profile: bool = False
     reports: tuple[Path, ...] = ()
     plot_path: Optional[Path] = None
     compare_path: Optional[Path] = None
@@ -237,6 +252,9 @@ def parse_settings(config: pytest.Config) -> Settings:
         min_rounds=max(1, _positive_number(_raw(config, "cnn-min-rounds"), "cnn-min-rounds", int)),
         max_rounds=max(1, _positive_number(_raw(config, "cnn-max-rounds"), "cnn-max-rounds", int)),
         max_time=_positive_number(_raw(config, "cnn-max-time"), "cnn-max-time", float),
+        target_ci=_positive_number(_raw(config, "cnn-target-ci"), "cnn-target-ci", float),
+        threads=_threads(_raw(config, "cnn-threads")),
+        profile=bool(_raw(config, "cnn-profile")),
         download=not no_download,
         reports=_report_paths(config),
         plot_path=_plot_path(config),

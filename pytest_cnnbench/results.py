@@ -42,6 +42,11 @@ def empty_result(cell: dict[str, Any]) -> dict[str, Any]:
         "device_name": None,
         "agreement": None,
         "reference_top1": None,
+        "compute_latency_ms": None,  # GPU only: input already on the device, ends with a device sync
+        "device_time_ms": None,  # GPU only: CUDA-event time of the same calls
+        "threads": None,  # CPU threads the cell ran with
+        "thread_probe_ms": None,  # --cnn-threads=auto: probed median per thread count
+        "phases_s": {},  # wall time by phase: model, dataset, prepare, accuracy, timing
         "status": None,
         "reason": None,
         "test": cell.get("test"),

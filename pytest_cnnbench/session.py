@@ -172,6 +172,10 @@ class CnnBenchSession:
             tr.write_line(f"cnnbench: ERROR writing {error}", red=True, bold=True)
         if self.comparison is not None:
             self._summarize_comparison(tr)
+        if self.settings.profile:
+            from .table import format_profile
+
+            tr.write_line(format_profile(self.results))
 
     def _summarize_comparison(self, tr: Any) -> None:
         comparison = self.comparison

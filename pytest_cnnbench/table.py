@@ -7,7 +7,7 @@ from typing import Any, Iterable, Optional
 from tabulate import tabulate
 
 HEADERS = [
-    "model", "backend", "dev", "prec", "bs", "top-1", "top-5", "agree", "p50 ms", "p99 ms", "±ci",
+    "model", "backend", "dev", "prec", "bs", "thr", "top-1", "top-5", "agree", "p50 ms", "p99 ms", "±ci",
     "img/s", "host MB", "dev MB", "prep s", "speedup", "status",
 ]
 RANDOM_MARK = "*"
@@ -71,6 +71,7 @@ def rows(results: list[dict[str, Any]]) -> list[list[str]]:
         prep_text = _num(prep, ".2f") + (" (c)" if r.get("prepare_cached") and prep is not None else "")
         out.append([
             r["model"], r["backend"], r.get("device") or "-", r.get("precision") or "-", r["batch_size"],
+            r.get("threads") or "-",
             _pct(r.get("top1"), r.get("accuracy_valid")), _pct(r.get("top5"), r.get("accuracy_valid")),
             _agreement(r), _num(lat.get("p50"), ".3f"), _num(lat.get("p99"), ".3f"),
             "-" if lat.get("ci95_rel") is None else f"{100 * lat['ci95_rel']:.1f}%",
@@ -121,6 +122,25 @@ def table_notes(results: list[dict[str, Any]]) -> list[str]:
         notes.append("(n/m) top-1 agreement not meaningful: the eager reference predicts (nearly) one class for every input")
     notes.append("agree = top-1 agreement with eager and max relative logit error; ±ci = 95% CI of the p50; (c) = artifact from cache")
     return notes
+
+
+PHASES = ("model", "dataset", "prepare", "accuracy", "timing")
+
+
+def format_profile(results: list[dict[str, Any]]) -> str:
+    """Where the run's time went, by phase and by cell (for --cnn-profile)."""
+    body, totals = [], dict.fromkeys(PHASES, 0.0)
+    for r in results:
+        phases = r.get("phases_s") or {}
+        if not phases:
+            continue
+        for name in PHASES:
+            totals[name] += phases.get(name, 0.0)
+        body.append([f"{r['model']}-{r['backend']}-bs{r['batch_size']}"] + [f"{phases.get(n, 0.0):.2f}" for n in PHASES]
+                    + [f"{sum(phases.values()):.2f}"])
+    body.append(["total"] + [f"{totals[n]:.2f}" for n in PHASES] + [f"{sum(totals.values()):.2f}"])
+    return "cnnbench profile (seconds of wall time per phase):\n" + tabulate(
+        body, headers=["cell", *PHASES, "sum"], tablefmt="simple", disable_numparse=True)
 
 
 def format_environment(env: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 from typing import Any, Callable, Optional, Protocol
 
@@ -22,6 +23,7 @@ class PrepareContext:
     log: Callable[[str], None] = print
     calibration: Optional[torch.Tensor] = None  # real, preprocessed images for int8 calibration
     calibration_id: str = ""  # identifies those images in cache keys
+    threads: Optional[int] = None  # CPU threads the prepared model should use (None: one per physical core)
 
 
 class Prepared(Protocol):
@@ -34,7 +36,8 @@ class Prepared(Protocol):
         """Logits as float32 on the CPU for a float32 CPU batch (used for accuracy)."""
 
     def bind(self, batch: torch.Tensor) -> Callable[[], Any]:
-        """The timed unit, end to end: host input in, host output out, device work finished."""
+        """The timed unit, end to end: host input in, host output out, device work finished.
+        It is called under torch.inference_mode()."""
 
     def bind_device(self, batch: torch.Tensor) -> Optional[Callable[[], Any]]:
         """On a GPU: one call with the input already on the device, returning once the device is
@@ -86,21 +89,14 @@ class TorchPrepared:
             return self.module(batch.to(self.device, self.dtype)).float().cpu()
 
     def bind(self, batch: torch.Tensor) -> Callable[[], Any]:
-        module, inference_mode = self.module, torch.inference_mode
+        # The caller times under torch.inference_mode(); no per-call context manager here.
         if self.device == "cpu":
-            staged = batch.to(self.device, self.dtype)
-
-            def call() -> Any:
-                with inference_mode():
-                    return module(staged)
-
-            return call
+            return functools.partial(self.module, batch.to(self.device, self.dtype))
         host = batch.to(self.dtype).pin_memory() if torch.cuda.is_available() else batch.to(self.dtype)
-        device = self.device
+        module, device = self.module, self.device
 
         def call_end_to_end() -> Any:
-            with inference_mode():
-                return module(host.to(device, non_blocking=True)).cpu()  # .cpu() waits for the device
+            return module(host.to(device, non_blocking=True)).cpu()  # .cpu() waits for the device
 
         return call_end_to_end
 
@@ -108,11 +104,10 @@ class TorchPrepared:
         if self.device == "cpu":
             return None
         staged = batch.to(self.device, self.dtype)
-        module, inference_mode, synchronize = self.module, torch.inference_mode, torch.cuda.synchronize
+        module, synchronize = self.module, torch.cuda.synchronize
 
         def call() -> Any:
-            with inference_mode():
-                out = module(staged)
+            out = module(staged)
             synchronize()
             return out
 

@@ -12,6 +12,7 @@ from .base import PrepareContext, TorchPrepared, parameter_bytes, torch_dtype
 
 class EagerBackend:
     name = "eager"
+    uses_torch_allocator = True  # device memory is exactly torch.cuda.max_memory_allocated
 
     def unavailable_reason(self, device: str, precision: str) -> Optional[str]:
         if precision == "int8":

@@ -1,7 +1,11 @@
-"""TorchScript: trace, freeze, optimize_for_inference.
+"""TorchScript: trace, freeze, and optimize_for_inference where it pays.
 
 The frozen archive is cached on disk; optimize_for_inference runs after loading,
 because its output (with MKLDNN-prepacked constants) does not survive save/load.
+optimize_for_inference speeds up large convolutions on the CPU but slows small
+models (layout conversions around every op: LeNet at batch size 1 ran at half of
+eager's speed with it), so both variants are probed and the faster one is kept, as
+one would by hand; the provider names the choice.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Optional
 import torch
 
 from ..cache import hash_parts
+from ..measure import probe
 from .base import PrepareContext, TorchPrepared, torch_dtype
 
 
@@ -24,6 +29,7 @@ def _silence_deprecation() -> None:
 
 class TorchScriptBackend:
     name = "torchscript"
+    uses_torch_allocator = True
 
     def unavailable_reason(self, device: str, precision: str) -> Optional[str]:
         if precision == "int8":
@@ -44,13 +50,37 @@ class TorchScriptBackend:
             _silence_deprecation()
             key = hash_parts("torchscript", ctx.model_key, ctx.device, ctx.precision, str(ctx.batch_size), torch.__version__)
             path = ctx.cache.lookup("torchscript", key, ".pt")
+            frozen, cache_hit = None, False
             if path is not None:
                 try:
-                    scripted = torch.jit.optimize_for_inference(torch.jit.load(str(path), map_location=ctx.device))
-                    return TorchPrepared(scripted, ctx.device, ctx.precision, f"torchscript {ctx.device}", path.stat().st_size, cache_hit=True)
+                    frozen, cache_hit = torch.jit.load(str(path), map_location=ctx.device), True
                 except Exception as exc:  # passes the checksum yet does not load (e.g. another torch build)
                     ctx.cache.discard(path, f"does not load: {type(exc).__name__}: {exc}")
-            frozen = self._build(module, ctx)
-            path = ctx.cache.store("torchscript", key, ".pt", lambda tmp: torch.jit.save(frozen, str(tmp)))
-            scripted = torch.jit.optimize_for_inference(frozen)
-            return TorchPrepared(scripted, ctx.device, ctx.precision, f"torchscript {ctx.device}", path.stat().st_size)
+            if frozen is None:
+                built = self._build(module, ctx)
+                path = ctx.cache.store("torchscript", key, ".pt", lambda tmp: torch.jit.save(built, str(tmp)))
+                frozen = built
+            scripted, variant = self._fastest(frozen, ctx)
+            return TorchPrepared(scripted, ctx.device, ctx.precision, f"torchscript {variant} {ctx.device}",
+                                 path.stat().st_size, cache_hit=cache_hit)
+
+    def _fastest(self, frozen: torch.jit.ScriptModule, ctx: PrepareContext) -> tuple[torch.jit.ScriptModule, str]:
+        example = torch.randn(ctx.batch_size, *ctx.input_shape, device=ctx.device, dtype=torch_dtype(ctx.precision))
+        variants = {"frozen": frozen}
+        try:
+            variants["frozen+optimized"] = torch.jit.optimize_for_inference(torch.jit.freeze(frozen.eval()) if not _is_frozen(frozen) else frozen)
+        except Exception as exc:  # some graphs do not survive the pass; the frozen one still runs
+            ctx.log(f"cnnbench: optimize_for_inference failed ({type(exc).__name__}: {exc}); using the frozen module")
+            return frozen, "frozen"
+        sync = torch.cuda.synchronize if ctx.device == "cuda" else (lambda: None)
+        timings = {}
+        with torch.inference_mode():
+            for name, candidate in variants.items():
+                timings[name] = probe(lambda: (candidate(example), sync()))
+        best = min(timings, key=timings.get)
+        return variants[best], best
+
+
+def _is_frozen(module: torch.jit.ScriptModule) -> bool:
+    # A loaded frozen archive has its parameters folded into constants.
+    return not any(True for _ in module.parameters())

@@ -21,7 +21,7 @@ from . import results as R
 from .backends.base import PrepareContext, Prepared, model_fingerprint
 from .cache import ArtifactCache, hash_parts
 from .core import BuiltModel, CellSkip, CellSpec, DatasetContext, ModelContext
-from .measure import Agreement, HostMemory, TimingRules, agreement, current_rss_mb, evaluate, probe, time_with_benchmark
+from .measure import Agreement, HostMemory, TimingRules, agreement, current_rss_mb, evaluate, fastest, probe, time_with_benchmark
 from .options import Settings
 
 ACCURACY_BATCH = 250  # large batches for the accuracy pass: it is not the timed part
@@ -69,6 +69,9 @@ class Workbench:
         self.references: dict[tuple, torch.Tensor] = {}  # eager logits, for agreement and relative accuracy
         self.reference_top1: dict[tuple, float] = {}
         self.accuracy: dict[tuple, Any] = {}  # one accuracy pass per prepared artifact, shared by batch sizes
+        # Thread counts chosen by probing, per (model, backend, batch size, precision): a cell that
+        # runs again in this session (another test, a repeat) measures the same configuration.
+        self.chosen_threads: dict[tuple, int] = {}
 
     def model(self, spec: CellSpec) -> tuple[BuiltModel, str]:
         def make() -> tuple[BuiltModel, str]:
@@ -258,39 +261,41 @@ class CellRunner:
             return [torch.get_num_threads()]
         if self.bench.settings.threads is not None:
             return [self.bench.settings.threads]
+        if self._thread_key in self.bench.chosen_threads:
+            return [self.bench.chosen_threads[self._thread_key]]
         from .environment import physical_cores
 
         return sorted({physical_cores(), 1}, reverse=True)
+
+    @property
+    def _thread_key(self) -> tuple:
+        return (self.spec.model, self.spec.backend, self.spec.batch_size, self.spec.precision, self.spec.dataset)
 
     def _prepare(self, module: torch.nn.Module, ctx: PrepareContext, batch: torch.Tensor, result: dict[str, Any]) -> Prepared:
         """Prepare the model; on the CPU with --cnn-threads=auto, once per thread count, keeping the
         faster after a short probe (one thread wins for small models and on a busy machine, where
         threads waiting on each other cost milliseconds)."""
-        best: Optional[tuple[float, int, Prepared, float]] = None
-        probes: dict[str, float] = {}
         candidates = self._thread_candidates()
+        options: dict[int, tuple[Prepared, float]] = {}
+        probes: dict[int, float] = {}
         for threads in candidates:
             torch.set_num_threads(threads)
             ctx.threads = threads
             started = time.perf_counter()
-            prepared = self.backend.prepare(module, ctx)
-            prepare_s = time.perf_counter() - started
-            if len(candidates) == 1:
-                best = (0.0, threads, prepared, prepare_s)
-                break
-            with torch.inference_mode():
-                seconds = probe(prepared.bind(batch))
-            probes[str(threads)] = seconds * 1000.0
-            if best is None or seconds < best[0]:
-                if best is not None:
-                    best[2].close()
-                best = (seconds, threads, prepared, prepare_s)
-            else:
-                prepared.close()
-        assert best is not None
-        _, threads, prepared, prepare_s = best
+            options[threads] = (self.backend.prepare(module, ctx), time.perf_counter() - started)
+            if len(candidates) > 1:
+                with torch.inference_mode():
+                    probes[threads] = probe(options[threads][0].bind(batch))
+        threads = fastest(probes) if probes else candidates[0]
+        if self.device == "cpu" and self.bench.settings.threads is None:
+            self.bench.chosen_threads[self._thread_key] = threads
+        for other, (unused, _) in options.items():
+            if other != threads:
+                unused.close()
+        prepared, prepare_s = options[threads]
         torch.set_num_threads(threads)
-        result.update(threads=threads, thread_probe_ms=probes or None, prepare_s=prepare_s,
+        probes_ms = {str(n): seconds * 1000.0 for n, seconds in probes.items()}
+        result.update(threads=threads, thread_probe_ms=probes_ms or None, prepare_s=prepare_s,
                       prepare_cached=bool(prepared.cache_hit))
         return prepared
 
@@ -322,6 +327,10 @@ class CellRunner:
         agree: Agreement = agreement(acc.logits, reference)
         result["agreement"] = agree.as_dict()
         result["reference_top1"] = self.reference_top1
+
+    def note(self, text: str) -> None:
+        """Add a finding to this cell's row (shown beside its status, kept in the result files)."""
+        self.run()["notes"].append(text)
 
     def check_accuracy(self, min_top1: Optional[float] = None, min_top5: Optional[float] = None,
                        min_relative_to_eager: Optional[float] = None) -> None:

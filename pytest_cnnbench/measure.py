@@ -46,7 +46,7 @@ class LatencyStats:
     max: float
     stdev: float
     rounds: int
-    ci95_rel: float  # half-width of the median's 95% confidence interval, relative to the median
+    ci95_rel: float  # half-width of the median's 95% CI relative to the median (order statistics or block medians, the wider)
     converged: bool = True  # the CI reached the target (False: the time cap or max rounds came first)
 
     def as_dict(self) -> dict[str, Any]:
@@ -65,15 +65,36 @@ def median_ci(sorted_values: list[float]) -> float:
     return max(median - sorted_values[lo], sorted_values[hi] - median) / median if median > 0 else math.inf
 
 
+_T975 = {4: 2.776, 9: 2.262}  # Student's t, 97.5% quantile, by degrees of freedom
+
+
+def block_median_ci(in_order: list[float]) -> float:
+    """Relative 95% CI half-width from the medians of consecutive blocks of calls.
+
+    Order statistics treat calls as independent; on a shared machine they drift (frequency,
+    neighbours' load), which only shows between blocks. Returns 0 when too few calls.
+    """
+    n = len(in_order)
+    blocks = 10 if n >= 100 else 5 if n >= 25 else 0
+    if not blocks:
+        return 0.0
+    size = n // blocks
+    medians = [statistics.median(in_order[i * size:(i + 1) * size]) for i in range(blocks)]
+    centre = statistics.median(in_order)
+    return _T975[blocks - 1] * statistics.stdev(medians) / math.sqrt(blocks) / centre if centre > 0 else math.inf
+
+
 def latency_stats(seconds: list[float], target_ci: float = math.inf) -> LatencyStats:
-    """Summarize per-call times (seconds) in milliseconds."""
-    ms = sorted(s * 1000.0 for s in seconds)
+    """Summarize per-call times (seconds, in the order measured) in milliseconds."""
+    in_order = [s * 1000.0 for s in seconds]
+    ms = sorted(in_order)
     n = len(ms)
     if n == 1:
         v = ms[0]
         return LatencyStats(v, v, v, v, v, v, 0.0, 1, math.inf, False)
     cuts = statistics.quantiles(ms, n=100, method="inclusive")
-    ci = median_ci(ms)
+    # The wider of the two: independent-call precision, and drift across the loop.
+    ci = max(median_ci(ms), block_median_ci(in_order))
     return LatencyStats(
         mean=statistics.fmean(ms), p50=statistics.median(ms), p90=cuts[89], p99=cuts[98], min=ms[0], max=ms[-1],
         stdev=statistics.stdev(ms), rounds=n, ci95_rel=ci, converged=ci <= target_ci,
@@ -103,11 +124,22 @@ def plan_rounds(call: Callable[[], Any], rules: TimingRules) -> int:
     return max(rules.min_rounds, min(max(wanted, len(pilot)), rules.max_rounds, fits))
 
 
-def probe(call: Callable[[], Any], seconds: float = 0.3, calls: int = 7) -> float:
-    """Median seconds per call after a short warm-up: enough to rank variants that differ a lot."""
-    for _ in range(3):
-        call()
-    return statistics.median(_timed_calls(call, calls, seconds))
+PROBE_MARGIN = 0.10  # a variant must be this much faster than the default to replace it
+
+
+def probe(call: Callable[[], Any], warmup_s: float = 0.1, measure_s: float = 0.25, min_calls: int = 5) -> float:
+    """Median seconds per call after a warm-up of at least 3 calls / ``warmup_s`` (TorchScript's
+    profiling executor and allocators settle during the first calls)."""
+    _timed_calls(call, 3, warmup_s)
+    return statistics.median(_timed_calls(call, min_calls, measure_s))
+
+
+def fastest(timings: dict[Any, float]) -> Any:
+    """The first (default) variant unless another is clearly faster: near-ties must not flip the
+    configuration from run to run, or repeated runs would measure different things."""
+    names = list(timings)
+    best = min(names, key=timings.get)
+    return best if timings[best] < (1 - PROBE_MARGIN) * timings[names[0]] else names[0]
 
 
 def time_with_benchmark(benchmark: Any, call: Callable[[], Any], rules: TimingRules) -> Optional[LatencyStats]:

@@ -47,6 +47,7 @@ def empty_result(cell: dict[str, Any]) -> dict[str, Any]:
         "threads": None,  # CPU threads the cell ran with
         "thread_probe_ms": None,  # --cnn-threads=auto: probed median per thread count
         "phases_s": {},  # wall time by phase: model, dataset, prepare, accuracy, timing
+        "notes": [],  # findings a suite adds with cnnbench.note(), shown beside the status
         "status": None,
         "reason": None,
         "test": cell.get("test"),

@@ -56,7 +56,9 @@ def _agreement(r: dict[str, Any]) -> str:
 
 def _status(r: dict[str, Any], width: int = 60) -> str:
     status = r.get("status") or "?"
-    reason = (r.get("reason") or "").replace("\n", " ")
+    parts = [r["reason"].replace("\n", " ")] if r.get("reason") else []
+    parts += r.get("notes") or []
+    reason = "; ".join(parts)
     if reason:
         status = f"{status}: {reason}"
     return status if len(status) <= width else status[: width - 3] + "..."

@@ -11,13 +11,14 @@ one would by hand; the provider names the choice.
 from __future__ import annotations
 
 import copy
+import io
 import warnings
 from typing import Optional
 
 import torch
 
 from ..cache import hash_parts
-from ..measure import probe
+from ..measure import fastest, probe
 from .base import PrepareContext, TorchPrepared, torch_dtype
 
 
@@ -66,9 +67,13 @@ class TorchScriptBackend:
 
     def _fastest(self, frozen: torch.jit.ScriptModule, ctx: PrepareContext) -> tuple[torch.jit.ScriptModule, str]:
         example = torch.randn(ctx.batch_size, *ctx.input_shape, device=ctx.device, dtype=torch_dtype(ctx.precision))
-        variants = {"frozen": frozen}
+        variants = {"frozen": frozen}  # the default: optimize_for_inference must earn its place
         try:
-            variants["frozen+optimized"] = torch.jit.optimize_for_inference(torch.jit.freeze(frozen.eval()) if not _is_frozen(frozen) else frozen)
+            # optimize_for_inference rewrites the module it is given: optimize a copy.
+            buffer = io.BytesIO()
+            torch.jit.save(frozen, buffer)
+            buffer.seek(0)
+            variants["frozen+optimized"] = torch.jit.optimize_for_inference(torch.jit.load(buffer, map_location=ctx.device))
         except Exception as exc:  # some graphs do not survive the pass; the frozen one still runs
             ctx.log(f"cnnbench: optimize_for_inference failed ({type(exc).__name__}: {exc}); using the frozen module")
             return frozen, "frozen"
@@ -77,10 +82,6 @@ class TorchScriptBackend:
         with torch.inference_mode():
             for name, candidate in variants.items():
                 timings[name] = probe(lambda: (candidate(example), sync()))
-        best = min(timings, key=timings.get)
+        best = fastest(timings)
         return variants[best], best
 
-
-def _is_frozen(module: torch.jit.ScriptModule) -> bool:
-    # A loaded frozen archive has its parameters folded into constants.
-    return not any(True for _ in module.parameters())

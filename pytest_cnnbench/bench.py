@@ -213,8 +213,8 @@ class CellRunner:
                 with _phase(phases, "prepare"):
                     prepared = self._prepare(built.module, ctx, batch, result)
                 device_memory.sample()
-                result["provider"] = prepared.provider
-                if prepared.artifact_bytes is not None:
+                result["provider"] = getattr(prepared, "provider", self.spec.backend)
+                if getattr(prepared, "artifact_bytes", None) is not None:
                     result["artifact_mb"] = prepared.artifact_bytes / 2**20
 
                 with _phase(phases, "accuracy"):
@@ -227,7 +227,9 @@ class CellRunner:
                 rules = TimingRules(s.warmup, s.min_rounds, s.max_rounds, s.max_time, s.target_ci)
                 with _phase(phases, "timing"), torch.inference_mode():
                     stats = time_with_benchmark(self.benchmark, prepared.bind(batch), rules)
-                    device_call = prepared.bind_device(batch)
+                    # Optional members of the protocol: a user's backend may have only run/bind/close.
+                    bind_device = getattr(prepared, "bind_device", None)
+                    device_call = bind_device(batch) if bind_device is not None else None
                     if device_call is not None and stats is not None:
                         self._time_on_device(result, device_call, rules)
             if stats is not None:
@@ -278,25 +280,32 @@ class CellRunner:
         candidates = self._thread_candidates()
         options: dict[int, tuple[Prepared, float]] = {}
         probes: dict[int, float] = {}
-        for threads in candidates:
-            torch.set_num_threads(threads)
-            ctx.threads = threads
-            started = time.perf_counter()
-            options[threads] = (self.backend.prepare(module, ctx), time.perf_counter() - started)
-            if len(candidates) > 1:
-                with torch.inference_mode():
-                    probes[threads] = probe(options[threads][0].bind(batch))
+        try:
+            for threads in candidates:
+                torch.set_num_threads(threads)
+                ctx.threads = threads
+                started = time.perf_counter()
+                options[threads] = (self.backend.prepare(module, ctx), time.perf_counter() - started)
+                if len(candidates) > 1:
+                    with torch.inference_mode():
+                        probes[threads] = probe(options[threads][0].bind(batch))
+        except BaseException:
+            for unused, _ in options.values():
+                unused.close()
+            raise
         threads = fastest(probes) if probes else candidates[0]
         if self.device == "cpu" and self.bench.settings.threads is None:
             self.bench.chosen_threads[self._thread_key] = threads
+        prepared = options[threads][0]
+        # The first preparation is the one that built (or loaded) the artifact: report its cost.
+        first, prepare_s = options[candidates[0]]
         for other, (unused, _) in options.items():
             if other != threads:
                 unused.close()
-        prepared, prepare_s = options[threads]
         torch.set_num_threads(threads)
         probes_ms = {str(n): seconds * 1000.0 for n, seconds in probes.items()}
         result.update(threads=threads, thread_probe_ms=probes_ms or None, prepare_s=prepare_s,
-                      prepare_cached=bool(prepared.cache_hit))
+                      prepare_cached=bool(getattr(first, "cache_hit", False)))
         return prepared
 
     def _time_on_device(self, result: dict[str, Any], call: Callable[[], Any], rules: TimingRules) -> None:
@@ -318,7 +327,7 @@ class CellRunner:
         acc = bench.accuracy.get(acc_key)
         if acc is None:
             num_classes = registry.models.get(spec.model).meta["num_classes"]
-            batch_size = min(ACCURACY_BATCH, prepared.max_batch or ACCURACY_BATCH)
+            batch_size = min(ACCURACY_BATCH, getattr(prepared, "max_batch", None) or ACCURACY_BATCH)
             acc = bench.accuracy[acc_key] = evaluate(prepared.run, images, labels, batch_size, num_classes)
         result.update(samples=acc.samples, top1=acc.top1, top5=acc.top5)
         if spec.backend == "eager" and spec.precision == "fp32" and ref_key not in bench.references:

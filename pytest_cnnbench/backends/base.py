@@ -27,6 +27,8 @@ class PrepareContext:
 
 
 class Prepared(Protocol):
+    """``run``, ``bind`` and ``close`` are required; the attributes and ``bind_device`` are optional."""
+
     provider: str  # what actually executes, e.g. "CPUExecutionProvider"
     artifact_bytes: Optional[int]  # size of the prepared model (file or parameters)
     cache_hit: bool  # the artifact came from the on-disk cache

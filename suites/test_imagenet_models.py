@@ -19,20 +19,26 @@ pytestmark = pytest.mark.cnnbench(models=["resnet50", "alexnet", "googlenet"])
 # or with cnn_min_top1.
 MIN_TOP1 = {"resnet50": 0.40, "alexnet": 0.28, "googlenet": 0.35}
 
-# Agreement with eager PyTorch fp32 on the same images: (max relative logit error, min top-1 agreement).
-# fp32 on CPU: measured rel_err is about 1e-6 for TorchScript and ONNX Runtime (reordered fp32
-# sums); 1e-4 leaves two orders of magnitude while still catching a wrong op or layout. fp16
-# and int8 are not measured here (no GPU); their values follow the formats' precision.
+# Agreement with eager PyTorch fp32 on the same images: (max relative logit error, min top-1 agreement),
+# by (device, precision). CPU fp32, measured on the 1000-image sample with calibrated random weights:
+# rel_err 2e-6..9e-6 (ResNet50 on ONNX Runtime the largest), top-1 agreement 100%. 1e-4 leaves 10x
+# headroom over fp32 summation-order noise yet fails when reduced precision slips into an "fp32" row
+# (TF32 ~5e-4, bf16 ~4e-3); 0.999 tolerates one near-tie flip per 1000 images. Not measured here
+# (no GPU): CUDA fp32, where PyTorch runs convolutions in TF32 by default, and fp16/int8, set from
+# the formats' precision.
 AGREEMENT = {
-    "fp32": (1e-4, 0.999),
-    "fp16": (2e-2, 0.98),
-    "int8": (1e-1, 0.90),
+    ("cpu", "fp32"): (1e-4, 0.999),
+    ("cuda", "fp32"): (5e-3, 0.99),
+    ("cpu", "fp16"): (2e-2, 0.98),
+    ("cuda", "fp16"): (2e-2, 0.98),
+    ("cpu", "int8"): (1e-1, 0.90),
+    ("cuda", "int8"): (1e-1, 0.90),
 }
 
 
 def test_imagenet_model(cnnbench):
     result = cnnbench.run()
-    max_rel_err, min_agree = AGREEMENT[cnnbench.spec.precision]
+    max_rel_err, min_agree = AGREEMENT[cnnbench.device, cnnbench.spec.precision]
     cnnbench.check_agreement(max_rel_err=max_rel_err, min_top1_agree=min_agree)
     user_floors = dict(cnnbench.bench.settings.min_top1)
     floor = top1_floor(cnnbench.spec.model, result, user=user_floors, suite=MIN_TOP1)

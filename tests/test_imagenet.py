@@ -28,7 +28,8 @@ from pytest_cnnbench.thresholds import PUBLISHED_TOP1, parse_min_top1, top1_floo
 REPO = Path(__file__).resolve().parents[1]
 SUITE = REPO / "suites" / "test_imagenet_models.py"
 FIRST, LAST = "n01440764", "n15075141"  # class 0 (tench) and class 999 (toilet tissue)
-FAST = ["--cnn-warmup=1", "--cnn-min-rounds=2", "--cnn-max-rounds=3", "--cnn-max-time=0.05", "-p", "no:cacheprovider"]
+FAST = ["--cnn-warmup=1", "--cnn-min-rounds=2", "--cnn-max-rounds=3", "--cnn-max-time=0.05", "--cnn-threads=1",
+        "-p", "no:cacheprovider"]
 
 
 def shared_data() -> Path | None:

@@ -72,6 +72,11 @@ class BuiltModel:
     weights_kind: str
     weights_note: str = ""
     preprocess_id: str = ""  # identifies ``preprocess`` in cache keys (e.g. the transform's repr)
+    weights_id: str = ""  # which published weights, e.g. "ResNet50_Weights.IMAGENET1K_V2"; "" when none
+    # Optional ``calibrate(images)``: adapts the module to the evaluation images before any
+    # measurement (e.g. BatchNorm statistics of random weights). The Workbench calls it once,
+    # before fingerprinting the module, so caches are keyed on the calibrated weights.
+    calibrate: Optional[Callable[["torch.Tensor"], None]] = None
 
     @property
     def accuracy_meaningful(self) -> bool:

@@ -230,6 +230,10 @@ def evaluate(run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, 
             raise RuntimeError(f"backend returned logits of shape {tuple(out.shape)} for {len(batch)} samples; expected {expected}")
         chunks.append(out.float())
     logits = torch.cat(chunks)
+    return accuracy_from_logits(logits, labels)
+
+
+def accuracy_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> Accuracy:
     top1 = float((logits.argmax(1) == labels).float().mean())
     top5 = None
     if logits.shape[1] >= 5:

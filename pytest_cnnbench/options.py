@@ -16,6 +16,7 @@ import pytest
 from . import registry
 from .cache import default_cache_dir
 from .core import DEVICES, PRECISIONS
+from .thresholds import parse_min_top1
 
 # name -> (help, default); the ini name is the option name with "-" -> "_".
 OPTIONS: dict[str, tuple[str, Optional[str]]] = {
@@ -45,6 +46,7 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
     "cnn-compare-fail": ("with --cnn-compare, fail the session when a cell regresses past a rule: comma list of "
                          "METRIC:THRESHOLD, e.g. p50:10%,throughput:5%,top1:0.5 (latency/throughput in %, "
                          "top1/top5 in percentage points)", None),
+    "cnn-min-top1": ("top-1 floors (fractions) on datasets other than the full ImageNet validation set, e.g. resnet50:0.75,alexnet:0.5", None),
 }
 FLAGS = {"cnn-no-download", "cnn-profile"}
 MULTI = {"cnn-report"}  # may be given several times
@@ -144,6 +146,7 @@ class Settings:
     plot_path: Optional[Path] = None
     compare_path: Optional[Path] = None
     compare_rules: tuple[Any, ...] = ()  # compare.Rule
+    min_top1: tuple[tuple[str, float], ...] = ()  # (model, floor) pairs from cnn-min-top1
 
 
 def _check_writable(path: Path, option: str) -> None:
@@ -236,6 +239,10 @@ def parse_settings(config: pytest.Config) -> Settings:
     if weights not in ("pretrained", "random") and not Path(weights).expanduser().is_file():
         raise pytest.UsageError(f"--cnn-weights: {weights!r} is neither 'pretrained', 'random' nor an existing state dict file")
     compare_path, compare_rules = _compare(config)
+    try:
+        min_top1 = parse_min_top1(_raw(config, "cnn-min-top1"), registry.models.names())
+    except ValueError as exc:
+        raise pytest.UsageError(f"--cnn-min-top1: {exc}") from None
     no_download = bool(_raw(config, "cnn-no-download")) or os.environ.get("CNNBENCH_NO_DOWNLOAD", "") not in ("", "0")
     return Settings(
         backends=_names(_raw(config, "cnn-backend"), "cnn-backend", registry.backends.names()),
@@ -260,4 +267,5 @@ def parse_settings(config: pytest.Config) -> Settings:
         plot_path=_plot_path(config),
         compare_path=compare_path,
         compare_rules=compare_rules,
+        min_top1=tuple(min_top1.items()),
     )

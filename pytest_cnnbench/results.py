@@ -32,6 +32,8 @@ def empty_result(cell: dict[str, Any]) -> dict[str, Any]:
         "top5": None,
         "accuracy_valid": None,
         "weights": None,
+        "weights_note": None,  # where the weights came from, or why pretrained ones could not be had
+        "weights_id": None,  # the published weights, e.g. ResNet50_Weights.IMAGENET1K_V2
         "latency_ms": None,
         "throughput_ips": None,
         "memory_mb": {"host_peak": None, "host_delta": None, "host_after": None, "device_peak": None, "device_peak_source": None},
@@ -48,6 +50,7 @@ def empty_result(cell: dict[str, Any]) -> dict[str, Any]:
         "thread_probe_ms": None,  # --cnn-threads=auto: probed median per thread count
         "phases_s": {},  # wall time by phase: model, dataset, prepare, accuracy, timing
         "notes": [],  # findings a suite adds with cnnbench.note(), shown beside the status
+        "reference_cached": None,  # eager logits read from the disk cache (an eager row's accuracy then too)
         "status": None,
         "reason": None,
         "test": cell.get("test"),

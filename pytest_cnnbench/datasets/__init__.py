@@ -18,3 +18,11 @@ def synthetic(ctx: DatasetContext):
     from .synthetic import SyntheticDataset
 
     return SyntheticDataset(ctx.input_shape, ctx.num_classes)
+
+
+@register_dataset("imagenet", description="ImageNet-style folder under --cnn-data-root: WordNet-id class subfolders, "
+                                          "or images + labels.csv (e.g. imagenet-sample/)")
+def imagenet(ctx: DatasetContext):
+    from .imagefolder import ImageFolderDataset
+
+    return ImageFolderDataset.from_context(ctx)

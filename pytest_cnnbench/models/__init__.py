@@ -12,3 +12,28 @@ def lenet(ctx: ModelContext):
     from .lenet import build_lenet
 
     return build_lenet(ctx)
+
+
+# ImageNet classifiers from torchvision: one code path in torchvision_models.py.
+@register_model("resnet50", dataset="imagenet", input_shape=(3, 224, 224), num_classes=1000,
+                description="ResNet50 from torchvision (default weights: IMAGENET1K_V2)")
+def resnet50(ctx: ModelContext):
+    from .torchvision_models import build_torchvision_model
+
+    return build_torchvision_model(ctx, "resnet50")
+
+
+@register_model("alexnet", dataset="imagenet", input_shape=(3, 224, 224), num_classes=1000,
+                description="AlexNet from torchvision (default weights: IMAGENET1K_V1)")
+def alexnet(ctx: ModelContext):
+    from .torchvision_models import build_torchvision_model
+
+    return build_torchvision_model(ctx, "alexnet")
+
+
+@register_model("googlenet", dataset="imagenet", input_shape=(3, 224, 224), num_classes=1000,
+                description="GoogLeNet (Inception v1) from torchvision (default weights: IMAGENET1K_V1)")
+def googlenet(ctx: ModelContext):
+    from .torchvision_models import build_torchvision_model
+
+    return build_torchvision_model(ctx, "googlenet")

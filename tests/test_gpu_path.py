@@ -40,6 +40,7 @@ def test_onnxruntime_silent_cpu_fallback_fails_the_cell(tmp_path):
         ("ort-trt", "cuda", "int8", "calibration table"),
         ("eager", "cpu", "fp16", "fp16 eager runs on CUDA only"),
         ("eager", "cpu", "int8", "no int8"),
+        ("torchscript", "cuda", "int8", "no int8"),
         ("torchscript", "cpu", "fp16", "CUDA only"),
         ("ort", "cpu", "fp16", "converted or quantized"),
         ("ort", "cpu", "fp32", None),

@@ -57,6 +57,15 @@ class Backend(Protocol):
     def prepare(self, module: torch.nn.Module, ctx: PrepareContext) -> Prepared: ...
 
 
+def torch_precision_reason(label: str, device: str, precision: str) -> Optional[str]:
+    """Why a PyTorch-run backend (eager, TorchScript) cannot run ``precision`` on ``device``."""
+    if precision == "int8":
+        return f"{label} has no int8 inference path here; use trt for int8"
+    if precision == "fp16" and device != "cuda":
+        return f"fp16 {label} runs on CUDA only (CPU half-precision convolutions are not a deployment path)"
+    return None
+
+
 def model_fingerprint(module: torch.nn.Module) -> str:
     """Identify a model by architecture and weights, for artifact cache keys."""
     buffer = io.BytesIO()

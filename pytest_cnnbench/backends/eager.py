@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from .base import PrepareContext, TorchPrepared, parameter_bytes, torch_dtype
+from .base import PrepareContext, TorchPrepared, parameter_bytes, torch_dtype, torch_precision_reason
 
 
 class EagerBackend:
@@ -15,11 +15,7 @@ class EagerBackend:
     uses_torch_allocator = True  # device memory is exactly torch.cuda.max_memory_allocated
 
     def unavailable_reason(self, device: str, precision: str) -> Optional[str]:
-        if precision == "int8":
-            return "eager PyTorch has no int8 inference path here; use ort or trt for int8"
-        if precision == "fp16" and device != "cuda":
-            return "fp16 eager runs on CUDA only (CPU half-precision convolutions are not a deployment path)"
-        return None
+        return torch_precision_reason("eager", device, precision)
 
     def prepare(self, module: torch.nn.Module, ctx: PrepareContext) -> TorchPrepared:
         if ctx.device == "cpu" and ctx.precision == "fp32":

@@ -19,7 +19,7 @@ import torch
 
 from ..cache import hash_parts
 from ..measure import fastest, probe
-from .base import PrepareContext, TorchPrepared, torch_dtype
+from .base import PrepareContext, TorchPrepared, torch_dtype, torch_precision_reason
 
 
 def _silence_deprecation() -> None:
@@ -33,11 +33,7 @@ class TorchScriptBackend:
     uses_torch_allocator = True
 
     def unavailable_reason(self, device: str, precision: str) -> Optional[str]:
-        if precision == "int8":
-            return "TorchScript has no int8 inference path here; use ort or trt for int8"
-        if precision == "fp16" and device != "cuda":
-            return "fp16 TorchScript runs on CUDA only"
-        return None
+        return torch_precision_reason("TorchScript", device, precision)
 
     def _build(self, module: torch.nn.Module, ctx: PrepareContext):
         model = copy.deepcopy(module).eval().to(ctx.device, torch_dtype(ctx.precision))

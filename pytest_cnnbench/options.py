@@ -231,10 +231,9 @@ def parse_settings(config: pytest.Config) -> Settings:
         raise pytest.UsageError(f"--cnn-device: unknown {device!r}; valid: {', '.join(DEVICES)}")
     dataset = _raw(config, "cnn-dataset")
     if dataset:
-        dataset = _names(dataset, "cnn-dataset", registry.datasets.names())
-        if len(dataset) != 1:
-            raise pytest.UsageError("--cnn-dataset: give one dataset name")
-        dataset = dataset[0]
+        dataset = str(dataset).strip()
+        if dataset not in registry.datasets:
+            raise pytest.UsageError(f"--cnn-dataset: unknown {dataset!r}; give one of {', '.join(registry.datasets.names())}")
     weights = str(_raw(config, "cnn-weights")).strip()
     if weights not in ("pretrained", "random") and not Path(weights).expanduser().is_file():
         raise pytest.UsageError(f"--cnn-weights: {weights!r} is neither 'pretrained', 'random' nor an existing state dict file")

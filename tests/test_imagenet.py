@@ -271,20 +271,15 @@ def test_top1_floor_rules():
 
 
 # -- random-weights calibration -----------------------------------------------------------
-def test_calibration_makes_random_predictions_vary_and_is_deterministic():
+def test_calibration_makes_random_predictions_vary():
     from torchvision.models import resnet18
 
-    from pytest_cnnbench.backends.base import model_fingerprint
     from pytest_cnnbench.models.torchvision_models import calibrate_random_model
 
     generator = torch.Generator().manual_seed(1)
     images = torch.randn(64, 3, 64, 64, generator=generator) + torch.linspace(-1, 1, 64)[:, None, None, None]
-
-    def build():
-        torch.manual_seed(0)
-        return resnet18(num_classes=1000).eval()
-
-    model = build()
+    torch.manual_seed(0)
+    model = resnet18(num_classes=1000).eval()
     with torch.no_grad():
         before = model(images).argmax(1)
     assert torch.bincount(before).max() / len(before) > 0.9  # the degeneracy this fixes
@@ -292,9 +287,27 @@ def test_calibration_makes_random_predictions_vary_and_is_deterministic():
     with torch.no_grad():
         after = model(images).argmax(1)
     assert after.unique().numel() >= 16 and torch.bincount(after).max() / len(after) < 0.5
-    again = build()
-    calibrate_random_model(again, again.fc, images)
-    assert model_fingerprint(again) == model_fingerprint(model)
+
+
+def test_calibrated_weights_do_not_depend_on_the_thread_count():
+    """Caches are keyed on the calibrated weights; ResNet50's BatchNorm statistics would
+    otherwise differ in the last bits between one and two threads (and miss every cache)."""
+    from pytest_cnnbench.backends.base import model_fingerprint
+    from pytest_cnnbench.models.torchvision_models import calibrate_random_model, random_module
+
+    images = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    threads = torch.get_num_threads()
+    fingerprints = []
+    try:
+        for count in (2, 1):
+            torch.set_num_threads(count)
+            model = random_module("resnet50").eval()
+            calibrate_random_model(model, model.fc, images)
+            fingerprints.append(model_fingerprint(model))
+            assert torch.get_num_threads() == count  # restored after calibrating
+    finally:
+        torch.set_num_threads(threads)
+    assert fingerprints[0] == fingerprints[1]
 
 
 # -- through the plugin, as users run it --------------------------------------------------

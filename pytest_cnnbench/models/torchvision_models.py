@@ -200,9 +200,16 @@ def calibrate_random_model(module: nn.Module, head: nn.Linear, images: torch.Ten
         return
     pick = calibration_pick(len(images))
     batches = [images[pick[i:i + CALIBRATION_BATCH]] for i in range(0, len(pick), CALIBRATION_BATCH)]
-    if has_batchnorm(module):
-        calibrate_batchnorm(module, batches)
-    standardize_logits(head, module, batches)
+    # One thread: a fixed summation order, so the calibrated weights (and every cache key
+    # derived from them) do not depend on the thread count this session happens to run with.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if has_batchnorm(module):
+            calibrate_batchnorm(module, batches)
+        standardize_logits(head, module, batches)
+    finally:
+        torch.set_num_threads(threads)
     module.eval()
 
 

@@ -43,10 +43,14 @@ def test_overhead_against_bare_loop(cnnbench, cnn_model, cnn_dataset):
     result = cnnbench.run()
     _, images, _ = cnn_dataset
     x, module = images[:1].contiguous(), cnn_model.module
-    torch.set_num_threads(result["threads"])
     rounds = result["latency_ms"]["rounds"]
-    with torch.inference_mode():
-        bare = bare_p50(lambda: module(x), warmup=cnnbench.bench.settings.warmup, rounds=max(rounds, 1000))
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(result["threads"])  # the bare loop runs as the cell did
+    try:
+        with torch.inference_mode():
+            bare = bare_p50(lambda: module(x), warmup=cnnbench.bench.settings.warmup, rounds=max(rounds, 1000))
+    finally:
+        torch.set_num_threads(threads_before)  # later cells must not inherit it
     ratio = result["latency_ms"]["p50"] / bare
     cnnbench.note(f"p50 {ratio - 1:+.1%} vs bare loop ({bare * 1000:.1f} us)")
     assert abs(ratio - 1) <= OVERHEAD_LIMIT, (
@@ -107,14 +111,18 @@ def test_torchscript_as_well_as_by_hand(cnnbench, cnn_model):
         frozen = torch.jit.freeze(traced)
         optimized = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(cnn_model.module.eval(), x)))
     candidates = {}
+    threads_before = torch.get_num_threads()
     for threads in sorted({1, physical_cores()}):
         for name, module in (("traced", traced), ("frozen", frozen), ("frozen+optimized", optimized)):
             def call(m=module, t=threads):
                 torch.set_num_threads(t)
                 return m(x)
             candidates[f"{name}/{threads}t"] = call
-    with torch.inference_mode():
-        best, best_ms, timings = best_of(candidates, rounds=30)
+    try:
+        with torch.inference_mode():
+            best, best_ms, timings = best_of(candidates, rounds=30)
+    finally:
+        torch.set_num_threads(threads_before)
     ratio = result["latency_ms"]["p50"] / best_ms
     cnnbench.note(f"p50 {ratio - 1:+.1%} vs best by hand ({best})")
     assert ratio <= 1 + HAND_TUNED_LIMIT, f"torchscript p50 {result['latency_ms']['p50']:.2f} ms vs hand-tuned {timings}"

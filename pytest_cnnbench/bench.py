@@ -134,7 +134,8 @@ class Workbench:
                 from .backends.eager import EagerBackend
 
                 prepared = EagerBackend().prepare(built.module, self._prepare_ctx(spec, device, key, "fp32"))
-                logits = evaluate(prepared.run, images, labels, accuracy_batch(images)).logits
+                num_classes = registry.models.get(spec.model).meta["num_classes"]  # same shape check as every cell
+                logits = evaluate(prepared.run, images, labels, accuracy_batch(images), num_classes).logits
                 self.references_from_disk.discard(ref_key)
                 self.cache.store("reference", disk_key, ".pt", lambda tmp: torch.save(logits, tmp))
             self.set_reference(ref_key, logits, labels)

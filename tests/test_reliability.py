@@ -247,3 +247,19 @@ def test_memory_returns_after_each_cell(tiny_project):
     settled = after[6:]
     assert max(settled) - min(settled) < 40, after
     assert settled[-1] - settled[0] < 25, after
+
+
+def test_model_disagreeing_with_its_registration_fails_on_eager_too(tiny_project):
+    """Eager's accuracy comes from the reference pass: it must check the class count like every cell."""
+    add_to_conftest(tiny_project, '''
+@register_model("liar", dataset="synthetic", input_shape=(3, 8, 8), num_classes=10)
+def liar(ctx):
+    import torch
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 5))
+''')
+    out = tiny_project.path / "out.json"
+    result = run(tiny_project, "--cnn-backend=eager", "--cnn-model=liar", f"--cnn-json={out}")
+    result.assert_outcomes(failed=1)
+    (row,) = load_results(out)
+    assert row["status"] == "error"
+    assert row["reason"] == "RuntimeError: backend returned logits of shape (250, 5) for 250 samples; expected (250, 10)"

@@ -18,6 +18,14 @@ PRECISIONS = ("fp32", "fp16", "int8")
 DEVICES = ("cpu", "cuda", "auto")
 
 
+def cnnbench_marker(node: Any) -> dict[str, Any]:
+    """The keyword arguments of a node's ``cnnbench`` markers, the closest one winning."""
+    merged: dict[str, Any] = {}
+    for mark in reversed(list(node.iter_markers("cnnbench"))):
+        merged.update(mark.kwargs)
+    return merged
+
+
 class CellSkip(Exception):
     """Raised by a model, dataset or backend when a cell cannot run here; the message is the reason."""
 
@@ -32,10 +40,15 @@ class CellSpec:
     dataset: str
     device: str  # as requested: cpu, cuda or auto
     precision: str = "fp32"
+    # Set when the model comes from a user's ``cnn_model`` fixture rather than the registry:
+    # where that fixture is defined, for messages. ``model`` is then its param id ("" if none).
+    model_fixture: Optional[str] = None
 
     @property
     def id(self) -> str:
-        parts = [self.model, self.backend, f"bs{self.batch_size}"]
+        # A fixture's model adds its own param id to the test id: not repeated here.
+        parts = [] if self.model_fixture else [self.model]
+        parts += [self.backend, f"bs{self.batch_size}"]
         if self.precision != "fp32":
             parts.append(self.precision)
         return "-".join(parts)
@@ -77,6 +90,12 @@ class BuiltModel:
     # measurement (e.g. BatchNorm statistics of random weights). The Workbench calls it once,
     # before fingerprinting the module, so caches are keyed on the calibrated weights.
     calibrate: Optional[Callable[["torch.Tensor"], None]] = None
+    # For models from a user's ``cnn_model`` fixture (registered models take these from the
+    # registry): the row's name, one sample's (C, H, W), the number of classes. Left out, the
+    # name is the fixture's param id, the shape the dataset's and the classes the output's.
+    name: Optional[str] = None
+    input_shape: Optional[tuple[int, ...]] = None
+    num_classes: Optional[int] = None
 
     @property
     def accuracy_meaningful(self) -> bool:

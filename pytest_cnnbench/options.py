@@ -21,7 +21,7 @@ from .thresholds import parse_min_top1
 # name -> (help, default); the ini name is the option name with "-" -> "_".
 OPTIONS: dict[str, tuple[str, Optional[str]]] = {
     "cnn-backend": ("backends to run: comma list or 'all'", "all"),
-    "cnn-model": ("models to run: comma list or 'all'", "all"),
+    "cnn-model": ("models to run: comma list or 'all' (registered names, or param ids of a cnn_model fixture)", "all"),
     "cnn-dataset": ("evaluate on this dataset instead of each model's default (e.g. synthetic)", None),
     "cnn-device": ("device: cpu, cuda or auto (cuda when available)", "auto"),
     "cnn-precision": ("precisions: comma list of fp32, fp16, int8", "fp32"),
@@ -46,9 +46,12 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
     "cnn-compare-fail": ("with --cnn-compare, fail the session when a cell regresses past a rule: comma list of "
                          "METRIC:THRESHOLD, e.g. p50:10%,throughput:5%,top1:0.5 (latency/throughput in %, "
                          "top1/top5 in percentage points)", None),
+    "cnn-selfcheck": ("run only the harness's self-checks (overhead, parity with hand tuning, repeatability)", None),
+    "cnn-require-accuracy": ("fail cells whose accuracy cannot be asserted (random weights, unlabelled data) "
+                             "instead of passing them with a note", None),
     "cnn-min-top1": ("top-1 floors (fractions) on datasets other than the full ImageNet validation set, e.g. resnet50:0.75,alexnet:0.5", None),
 }
-FLAGS = {"cnn-no-download", "cnn-profile"}
+FLAGS = {"cnn-no-download", "cnn-profile", "cnn-selfcheck", "cnn-require-accuracy"}
 MULTI = {"cnn-report"}  # may be given several times
 
 
@@ -86,6 +89,18 @@ def _names(value: str, option: str, valid: list[str]) -> tuple[str, ...]:
     bad = [v for v in items if v not in valid]
     if bad:
         raise pytest.UsageError(f"--{option}: unknown {', '.join(map(repr, bad))}; valid: all, {', '.join(valid)}")
+    return tuple(dict.fromkeys(items))
+
+
+def _model_names(value: str) -> Optional[tuple[str, ...]]:
+    items = [v.strip() for v in str(value).split(",") if v.strip()]
+    if not items:
+        raise pytest.UsageError(f"--cnn-model: empty value; valid: all, {', '.join(registry.models.names())}")
+    if items == ["all"]:
+        return None
+    for item in items:
+        if not item.replace("_", "").replace("-", "").replace(".", "").isalnum():
+            raise pytest.UsageError(f"--cnn-model: {item!r} is not a model name; valid: all, {', '.join(registry.models.names())}")
     return tuple(dict.fromkeys(items))
 
 
@@ -147,6 +162,11 @@ class Settings:
     compare_path: Optional[Path] = None
     compare_rules: tuple[Any, ...] = ()  # compare.Rule
     min_top1: tuple[tuple[str, float], ...] = ()  # (model, floor) pairs from cnn-min-top1
+    # The names --cnn-model listed (None: all). Names that are not registered may be param ids
+    # of a user's cnn_model fixture: they are checked once collection has seen those.
+    model_names: Optional[tuple[str, ...]] = None
+    selfcheck: bool = False
+    require_accuracy: bool = False
 
 
 def _check_writable(path: Path, option: str) -> None:
@@ -243,9 +263,13 @@ def parse_settings(config: pytest.Config) -> Settings:
     except ValueError as exc:
         raise pytest.UsageError(f"--cnn-min-top1: {exc}") from None
     no_download = bool(_raw(config, "cnn-no-download")) or os.environ.get("CNNBENCH_NO_DOWNLOAD", "") not in ("", "0")
+    model_names = _model_names(_raw(config, "cnn-model"))
     return Settings(
         backends=_names(_raw(config, "cnn-backend"), "cnn-backend", registry.backends.names()),
-        models=_names(_raw(config, "cnn-model"), "cnn-model", registry.models.names()),
+        models=tuple(m for m in registry.models.names() if model_names is None or m in model_names),
+        model_names=model_names,
+        selfcheck=bool(_raw(config, "cnn-selfcheck")),
+        require_accuracy=bool(_raw(config, "cnn-require-accuracy")),
         dataset=dataset or None,
         device=device,
         precisions=_names(_raw(config, "cnn-precision"), "cnn-precision", list(PRECISIONS)),

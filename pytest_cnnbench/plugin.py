@@ -5,19 +5,22 @@ Importing this module must stay cheap: no torch, ONNX Runtime or TensorRT here.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
 from . import registry
-from .core import CellSpec
+from .core import CellSpec, cnnbench_marker
 from .options import Settings, add_options, parse_settings
 from .session import CnnBenchSession
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 SESSION_KEY = pytest.StashKey[CnnBenchSession]()
 WORKBENCH_KEY = pytest.StashKey[Any]()
+IDENTITY = pytest.StashKey[dict]()  # per item: the row identity recorded in user_properties
+FIXTURE_MODEL_ID = pytest.StashKey[str]()  # per item: param id of a user's cnn_model fixture
 CELL_FIXTURES = ("cnn_cell", "cnn_model", "cnn_dataset", "cnn_backend", "cnnbench")
 NO_CELLS = "no-cells"  # parameter of tests whose cells the options filter out; deselected
 
@@ -35,9 +38,12 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "cnnbench(models=None, backends=None, dataset=None, batch_sizes=None): restrict the cells a "
-        "benchmark test runs (the command-line options narrow them further)",
+        "cnnbench(models=None, backends=None, dataset=None, batch_sizes=None, input_shape=None, num_classes=None): "
+        "restrict the cells a benchmark test runs (the command-line options narrow them further); input_shape and "
+        "num_classes describe models from a cnn_model fixture",
     )
+    config.addinivalue_line(
+        "markers", "cnnbench_selfcheck: a check of the harness itself; runs only with --cnn-selfcheck, which runs only these")
     if config.option.help:
         return
     settings = parse_settings(config)
@@ -87,15 +93,22 @@ def _as_tuple(value: Any) -> tuple:
     return (value,) if isinstance(value, (str, int)) else tuple(value)
 
 
-def cells_for(settings: Settings, marker: dict[str, Any]) -> list[CellSpec]:
-    """The cells one test runs: registries x options, narrowed by its cnnbench marker."""
+def cells_for(settings: Settings, marker: dict[str, Any], model_fixture: Optional[str] = None) -> list[CellSpec]:
+    """The cells one test runs: registries x options, narrowed by its cnnbench marker.
+
+    With ``model_fixture`` (a user's ``cnn_model`` fixture feeds the test), the models are that
+    fixture's params, so the cells span backends, precisions and batch sizes only."""
     for kind, names in (("model", marker.get("models")), ("backend", marker.get("backends"))):
         reg = registry.models if kind == "model" else registry.backends
         for name in _as_tuple(names):
             reg.get(name)  # unknown names in a marker are errors too
-    models = [m for m in settings.models if not marker.get("models") or m in _as_tuple(marker["models"])]
     backends = [b for b in settings.backends if not marker.get("backends") or b in _as_tuple(marker["backends"])]
     batch_sizes = _as_tuple(marker.get("batch_sizes")) or settings.batch_sizes
+    if model_fixture is not None:
+        dataset = settings.dataset or marker.get("dataset") or ""  # none: the cell says so when it runs
+        return [CellSpec("", backend, int(batch_size), dataset, settings.device, precision, model_fixture)
+                for precision, batch_size, backend in itertools.product(settings.precisions, batch_sizes, backends)]
+    models = [m for m in settings.models if not marker.get("models") or m in _as_tuple(marker["models"])]
     cells = []
     for model, precision, batch_size, backend in itertools.product(models, settings.precisions, batch_sizes, backends):
         dataset = settings.dataset or marker.get("dataset") or registry.models.get(model).meta["dataset"]
@@ -103,45 +116,112 @@ def cells_for(settings: Settings, marker: dict[str, Any]) -> list[CellSpec]:
     return cells
 
 
+def _user_model_fixture(fixturedefs: Any, rootpath: Any) -> Optional[tuple[Any, str]]:
+    """``(fixturedef, "where")`` when the ``cnn_model`` a test gets is a user's, not this plugin's default."""
+    if not fixturedefs:
+        return None
+    fixturedef = fixturedefs[-1]
+    func = getattr(fixturedef, "func", None)
+    if func is None or getattr(func, "__module__", None) == __name__:
+        return None
+    import inspect
+    from pathlib import Path
+
+    try:
+        path = Path(inspect.getsourcefile(func) or "?")
+        line = inspect.getsourcelines(func)[1]
+        where = f"{path.relative_to(rootpath) if path.is_relative_to(rootpath) else path}:{line}"
+    except (OSError, TypeError):
+        where = getattr(func, "__qualname__", "?")
+    return fixturedef, f"cnn_model fixture ({where})"
+
+
+def fixture_param_id(fixturedef: Any, index: int, value: Any) -> str:
+    """The id pytest gives param ``index`` of a parametrized fixture (explicit ids first)."""
+    raw = fixturedef.params[index] if fixturedef.params is not None and index < len(fixturedef.params) else value
+    if getattr(raw, "id", None) and hasattr(raw, "values") and hasattr(raw, "marks"):  # pytest.param(..., id=...)
+        return str(raw.id)
+    ids = fixturedef.ids
+    if isinstance(ids, (list, tuple)) and index < len(ids) and ids[index] is not None:
+        return str(ids[index])
+    if callable(ids):
+        made = ids(value)
+        if made is not None:
+            return str(made)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return str(value)
+    return getattr(value, "__name__", None) or f"cnn_model{index}"
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not any(name in metafunc.fixturenames for name in CELL_FIXTURES):
         return
     settings = metafunc.config.stash[SETTINGS_KEY]
-    marker: dict[str, Any] = {}
-    for mark in reversed(list(metafunc.definition.iter_markers("cnnbench"))):  # closest mark wins
-        marker.update(mark.kwargs)
+    marker = cnnbench_marker(metafunc.definition)
+    user = _user_model_fixture(metafunc._arg2fixturedefs.get("cnn_model"), metafunc.config.rootpath)
     try:
-        cells = cells_for(settings, marker)
+        cells = cells_for(settings, marker, user[1] if user else None)
     except registry.UnknownNameError as exc:
         # A collection error shows just this message and stops the run before anything is built.
         raise pytest.Collector.CollectError(f"{metafunc.definition.nodeid}: @pytest.mark.cnnbench: {exc}") from None
     if cells:
-        metafunc.parametrize("cnn_cell", cells, ids=[c.id for c in cells])
+        metafunc.parametrize("cnn_cell", cells, ids=[c.id for c in cells], indirect=True)
     else:
-        metafunc.parametrize("cnn_cell", [NO_CELLS], ids=[NO_CELLS])
+        metafunc.parametrize("cnn_cell", [NO_CELLS], ids=[NO_CELLS], indirect=True)
+
+
+def _fixture_model_id(item: pytest.Item) -> Optional[str]:
+    """For a cell fed by a user's parametrized ``cnn_model`` fixture: that param's id; "" when the
+    fixture has no params (its name is known only once it runs); None for registered models."""
+    callspec = getattr(item, "callspec", None)
+    cell = callspec.params.get("cnn_cell") if callspec is not None else None
+    if not isinstance(cell, CellSpec) or cell.model_fixture is None:
+        return None
+    if "cnn_model" not in callspec.params:
+        return ""
+    fixturedefs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {}).get("cnn_model") or ()
+    if not fixturedefs:
+        return ""
+    return fixture_param_id(fixturedefs[-1], callspec.indices["cnn_model"], callspec.params["cnn_model"])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    settings = config.stash[SETTINGS_KEY]
     keep, dropped = [], []
+    fixture_models: set[str] = set()
+    unnamed_fixture_models = False
     for item in items:
         callspec = getattr(item, "callspec", None)
-        (dropped if callspec is not None and callspec.params.get("cnn_cell") == NO_CELLS else keep).append(item)
+        if callspec is not None and callspec.params.get("cnn_cell") == NO_CELLS:
+            dropped.append(item)
+            continue
+        if bool(item.get_closest_marker("cnnbench_selfcheck")) != settings.selfcheck:
+            dropped.append(item)  # the harness's self-checks run with --cnn-selfcheck, and alone
+            continue
+        model_id = _fixture_model_id(item)
+        if model_id is not None:
+            item.stash[FIXTURE_MODEL_ID] = model_id
+            fixture_models.add(model_id)
+            unnamed_fixture_models |= model_id == ""
+            if model_id and settings.model_names is not None and model_id not in settings.model_names:
+                dropped.append(item)
+                continue
+        keep.append(item)
+    if settings.model_names is not None and not unnamed_fixture_models:
+        unknown = [m for m in settings.model_names if m not in registry.models and m not in fixture_models]
+        if unknown:
+            valid = ["all", *registry.models.names(), *sorted(m for m in fixture_models if m)]
+            raise pytest.UsageError(f"--cnn-model: unknown {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}")
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
 
 
 # -- fixtures ---------------------------------------------------------------------------
-@pytest.fixture
-def cnn_cell(request: pytest.FixtureRequest) -> CellSpec:
-    """The cell under test (model, backend, batch size, dataset, device, precision)."""
-    return request.param
-
-
 def _workbench(config: pytest.Config) -> Any:
     bench = config.stash.get(WORKBENCH_KEY, None)
     if bench is None:
-        from .bench import Workbench
+        from .workbench import Workbench
 
         reporter = config.pluginmanager.get_plugin("terminalreporter")
 
@@ -153,17 +233,76 @@ def _workbench(config: pytest.Config) -> Any:
     return bench
 
 
+def _test_name(item: Any) -> str:
+    """The test function plus its own parameters (not the cell's): rows of one test share it."""
+    callspec = getattr(item, "callspec", None)
+    own = {k: v for k, v in (callspec.params.items() if callspec else ()) if k not in ("cnn_cell", "cnn_model")}
+    name = getattr(item, "originalname", None) or item.name
+    return name + (f"[{','.join(f'{k}={v}' for k, v in own.items())}]" if own else "")
+
+
 @pytest.fixture
-def cnnbench(cnn_cell: CellSpec, request: pytest.FixtureRequest) -> Any:
-    """Measures the cell: ``cnnbench.run()`` returns its result; ``check_accuracy``/``check_agreement`` assert."""
+def cnn_cell(request: pytest.FixtureRequest) -> CellSpec:
+    """The cell under test (model, backend, batch size, dataset, device, precision); skips when
+    its backend cannot run here."""
     from . import results as R
 
+    spec: CellSpec = request.param
+    if spec.model_fixture is not None:
+        spec = dataclasses.replace(spec, model=request.node.stash.get(FIXTURE_MODEL_ID, ""))
     # Identity first, so a skip or an error in any later step still lands in the table.
-    identity = {**cnn_cell.as_dict(), "test": request.node.nodeid}
+    identity = {**spec.as_dict(), "test": request.node.nodeid, "test_name": _test_name(request.node)}
     request.node.user_properties.append((R.CELL_PROPERTY, identity))
-    from .bench import CellRunner
+    request.node.stash[IDENTITY] = identity
+    from .workbench import resolve_device
+    from . import registry as reg
 
-    return CellRunner(cnn_cell, _workbench(request.config), request, identity)
+    device = identity["device"] = resolve_device(spec.device)
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("--cnn-device=cuda, but no CUDA GPU is available here (torch.cuda.is_available() is False)")
+    reason = reg.backends.create(spec.backend).unavailable_reason(device, spec.precision)
+    if reason:
+        pytest.skip(reason)
+    return spec
+
+
+@pytest.fixture
+def cnn_model(cnn_cell: CellSpec, request: pytest.FixtureRequest) -> Any:
+    """The model under test: the cell's registered model, as a ``BuiltModel`` (module,
+    preprocessing, weights provenance).
+
+    Override it in a conftest.py or test module, parametrized, to benchmark your own models:
+    each param becomes a row on every selected backend (see README, "Adding a model")."""
+    from .core import CellSkip
+
+    try:
+        return _workbench(request.config).registered_model(cnn_cell).built
+    except CellSkip as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def cnnbench(cnn_cell: CellSpec, cnn_model: Any, request: pytest.FixtureRequest) -> Any:
+    """Measures the cell: ``cnnbench.run()`` returns its result; ``check_accuracy``/``check_agreement`` assert."""
+    from .runner import CellRunner, check_fixture_model
+
+    bench = _workbench(request.config)
+    identity = request.node.stash[IDENTITY]
+    spec = cnn_cell
+    if spec.model_fixture is None:
+        model = bench.registered_model(spec)  # built for cnn_model already: a cache hit
+    else:
+        built, info = check_fixture_model(cnn_model, spec, cnnbench_marker(request.node))
+        names = bench.settings.model_names
+        if not spec.model and names is not None and info.name not in names:
+            pytest.skip(f"model {info.name!r} is not selected by --cnn-model")
+        spec = dataclasses.replace(spec, model=info.name)
+        identity["model"] = info.name
+        model = bench.fixture_model(built, spec, info)
+    return CellRunner(spec, bench, request, identity, model, identity["device"])
 
 
 @pytest.fixture
@@ -173,12 +312,6 @@ def cnn_backend(cnnbench: Any) -> Any:
 
 
 @pytest.fixture
-def cnn_model(cnnbench: Any) -> Any:
-    """The built model under test (a ``BuiltModel``: module, preprocessing, weights provenance)."""
-    return cnnbench.bench.model(cnnbench.spec)[0]
-
-
-@pytest.fixture
-def cnn_dataset(cnnbench: Any, cnn_model: Any) -> Any:
+def cnn_dataset(cnnbench: Any) -> Any:
     """``(dataset, images, labels)`` for the cell, preprocessed for its model."""
-    return cnnbench.bench.dataset(cnnbench.spec, cnn_model)
+    return cnnbench.bench.dataset(cnnbench.spec, cnnbench.model.built, cnnbench.model.info)

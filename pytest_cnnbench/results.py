@@ -43,17 +43,20 @@ def empty_result(cell: dict[str, Any]) -> dict[str, Any]:
         "provider": None,
         "device_name": None,
         "agreement": None,
-        "reference_top1": None,
+        "reference_top1": None,  # the same model's eager fp32 on the same images
+        "reference_top5": None,
         "compute_latency_ms": None,  # GPU only: input already on the device, ends with a device sync
         "device_time_ms": None,  # GPU only: CUDA-event time of the same calls
         "threads": None,  # CPU threads the cell ran with
         "thread_probe_ms": None,  # --cnn-threads=auto: probed median per thread count
         "phases_s": {},  # wall time by phase: model, dataset, prepare, accuracy, timing
+        "accuracy_asserted": None,  # False: accuracy means nothing here (the notes say why), nothing asserted
         "notes": [],  # findings a suite adds with cnnbench.note(), shown beside the status
         "reference_cached": None,  # eager logits read from the disk cache (an eager row's accuracy then too)
         "status": None,
         "reason": None,
         "test": cell.get("test"),
+        "test_name": cell.get("test_name"),  # the test function and its own parameters, without the cell
     }
 
 

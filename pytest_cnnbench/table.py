@@ -16,22 +16,44 @@ CHANGE_HEADERS = {"p50": "p50 chg", "p99": "p99 chg", "throughput": "img/s chg",
 BROKEN_MARK = "!"
 
 
+FALLBACK_MARK = "†"
+# Precisions eager PyTorch has no path for on a device: their rows' speedup is over eager fp32.
+EAGER_LACKS = {("cpu", "fp16"), ("cpu", "int8"), ("cuda", "int8")}
+
+
+def test_name(r: dict[str, Any]) -> Optional[str]:
+    """Which test measured a row: its function (plus any parameters of its own), without the cell."""
+    if r.get("test_name"):
+        return r["test_name"]
+    test = r.get("test")
+    return test.split("::")[-1].split("[")[0] if test else None
+
+
 def _key(r: dict[str, Any], precision: Optional[str] = None) -> tuple:
-    # "source" keeps merged runs apart: speedups are against eager on the same machine.
-    return (r.get("source"), r["model"], r.get("device"), precision or r.get("precision"), r["batch_size"], r.get("dataset"))
+    # "source" keeps merged runs apart: speedups are against eager on the same machine; "test"
+    # keeps apart rows that other tests measured under other conditions.
+    return (r.get("source"), test_name(r), r["model"], r.get("device"), precision or r.get("precision"),
+            r["batch_size"], r.get("dataset"))
 
 
 def speedups(results: list[dict[str, Any]]) -> list[Optional[float]]:
-    """Eager p50 / cell p50, against eager at the same precision (else eager fp32)."""
+    """Eager p50 / cell p50, against eager of the same test, model, dataset, device, precision and
+    batch size; for a precision eager cannot run on that device (int8, fp16 on a CPU), eager fp32."""
+    return [speed for speed, _ in _speedups(results)]
+
+
+def _speedups(results: list[dict[str, Any]]) -> list[tuple[Optional[float], bool]]:
     eager = {}
     for r in results:
         if r["backend"] == "eager" and r.get("latency_ms"):
             eager[_key(r)] = r["latency_ms"]["p50"]
-    out: list[Optional[float]] = []
+    out: list[tuple[Optional[float], bool]] = []
     for r in results:
-        base = eager.get(_key(r)) or eager.get(_key(r, "fp32"))
+        base, fallback = eager.get(_key(r)), False
+        if base is None and (r.get("device"), r.get("precision")) in EAGER_LACKS:
+            base, fallback = eager.get(_key(r, "fp32")), True
         lat = r.get("latency_ms")
-        out.append(base / lat["p50"] if base and lat and lat.get("p50") else None)
+        out.append((base / lat["p50"], fallback) if base and lat and lat.get("p50") else (None, False))
     return out
 
 
@@ -54,7 +76,7 @@ def _agreement(r: dict[str, Any]) -> str:
     return text if a.get("meaningful") else text + " (n/m)"
 
 
-def _status(r: dict[str, Any], width: int = 60) -> str:
+def _status(r: dict[str, Any], width: int = 70) -> str:
     status = r.get("status") or "?"
     parts = [r["reason"].replace("\n", " ")] if r.get("reason") else []
     parts += r.get("notes") or []
@@ -66,7 +88,7 @@ def _status(r: dict[str, Any], width: int = 60) -> str:
 
 def rows(results: list[dict[str, Any]]) -> list[list[str]]:
     out = []
-    for r, speed in zip(results, speedups(results)):
+    for r, (speed, fallback) in zip(results, _speedups(results)):
         lat = r.get("latency_ms") or {}
         mem = r.get("memory_mb") or {}
         prep = r.get("prepare_s")
@@ -78,7 +100,7 @@ def rows(results: list[dict[str, Any]]) -> list[list[str]]:
             _agreement(r), _num(lat.get("p50"), ".3f"), _num(lat.get("p99"), ".3f"),
             "-" if lat.get("ci95_rel") is None else f"{100 * lat['ci95_rel']:.1f}%",
             _num(r.get("throughput_ips"), ".1f"), _num(mem.get("host_peak"), ".0f"), _num(mem.get("device_peak"), ".0f"),
-            prep_text, "-" if speed is None else f"{speed:.2f}x", _status(r),
+            prep_text, "-" if speed is None else f"{speed:.2f}x" + (FALLBACK_MARK if fallback else ""), _status(r),
         ])
     return out
 
@@ -107,6 +129,10 @@ def table_body(results: list[dict[str, Any]], tablefmt: str = "simple",
         headers[at:at] = CHANGE_HEADERS.values()
         for row, entry in zip(body, changes):
             row[at:at] = [_change(entry, name) for name in CHANGE_HEADERS]
+    if len({test_name(r) for r in results}) > 1:  # several tests: say which measured each row
+        headers.insert(0, "test")
+        for row, r in zip(body, results):
+            row.insert(0, test_name(r) or "-")
     if any(r.get("source") for r in results):
         headers.insert(0, "source")
         for row, r in zip(body, results):
@@ -122,7 +148,10 @@ def table_notes(results: list[dict[str, Any]]) -> list[str]:
         notes.append(f"{RANDOM_MARK} accuracy of random (not pretrained) weights or unlabelled data: not meaningful, not asserted")
     if any(r.get("agreement") and not r["agreement"].get("meaningful") for r in results):
         notes.append("(n/m) top-1 agreement not meaningful: the eager reference predicts (nearly) one class for every input")
-    notes.append("agree = top-1 agreement with eager and max relative logit error; ±ci = 95% CI of the p50; (c) = artifact from cache")
+    if any(fallback for _, fallback in _speedups(results)):
+        notes.append(f"{FALLBACK_MARK} speedup over eager fp32: eager has no path for this precision on this device")
+    notes.append("speedup = eager p50 / p50, against eager in the same test; "
+                 "agree = top-1 agreement with eager and max relative logit error; ±ci = 95% CI of the p50; (c) = artifact from cache")
     return notes
 
 

@@ -1,5 +1,7 @@
 """The harness measured against itself: its overhead, its backends against hand tuning, its repeatability.
 
+Run with ``pytest suites/ --cnn-selfcheck``.
+
 Each comparison is made side by side in one run (the machines are shared and noisy),
 and its ratio lands in the table's status column and the result files.
 """
@@ -15,6 +17,9 @@ from typing import Any, Callable
 
 import pytest
 import torch
+
+# Checks of the harness, not benchmarks: they run with --cnn-selfcheck (and only then).
+pytestmark = pytest.mark.cnnbench_selfcheck
 
 OVERHEAD_LIMIT = 0.03  # plugin p50 within 3% of a bare perf_counter loop
 HAND_TUNED_LIMIT = 0.05  # backends within 5% of the best hand configuration

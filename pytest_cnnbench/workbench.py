@@ -1,0 +1,198 @@
+"""Per-process state of the measuring side: built models, decoded datasets, eager references.
+
+One ``Workbench`` per pytest process (kept in ``config.stash``). It builds and caches what
+several cells share; running one cell is ``runner.CellRunner``'s job. Imported only when
+a cell runs, so torch stays out of collection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import time
+from collections import OrderedDict
+from typing import Any, Callable, Optional
+
+import torch
+
+from . import registry
+from .backends.base import PrepareContext, model_fingerprint
+from .cache import ArtifactCache, hash_parts
+from .core import BuiltModel, CellSpec, DatasetContext, ModelContext
+from .measure import evaluate
+from .options import Settings
+
+ACCURACY_BATCH = 250  # large batches for the accuracy pass: it is not the timed part...
+# ...but at most ~5 MB of fp32 input per batch (8 ImageNet images): on a CPU, ResNet50 runs 21 img/s
+# at batch 8 and 15 img/s at 27 (activations fall out of cache), and the timed part is not affected.
+ACCURACY_BATCH_VALUES = 1_250_000
+
+
+def accuracy_batch(images: torch.Tensor) -> int:
+    per_sample = max(1, images[0].numel()) if len(images) else 1
+    return max(1, min(ACCURACY_BATCH, ACCURACY_BATCH_VALUES // per_sample))
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def device_name(device: str) -> str:
+    if device == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    from .environment import cpu_model
+
+    return f"cpu: {cpu_model()}"
+
+
+def scale_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Default preprocessing for bare modules: uint8 pixels to floats in [0, 1]."""
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What the harness needs of a cell's model besides the module: its name and shapes."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+@dataclasses.dataclass
+class CellModel:
+    """A model ready for a cell: the built model, its content key (for caches) and its shapes."""
+
+    built: BuiltModel
+    key: str
+    info: ModelInfo
+
+
+class _Lru(OrderedDict):
+    """Keep only the most recent entries: models and decoded datasets are large."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def get_or_make(self, key: Any, make: Callable[[], Any]) -> Any:
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        while len(self) >= self.size:
+            self.popitem(last=False)
+            gc.collect()
+        value = self[key] = make()
+        return value
+
+
+class Workbench:
+    def __init__(self, settings: Settings, log: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.cache = ArtifactCache(settings.cache_dir)
+        self.log = log
+        self.models = _Lru(1)  # (name, weights, dataset) -> CellModel
+        self.datasets = _Lru(2)  # (dataset, preprocess) -> (dataset, images, labels)
+        self.references: dict[tuple, torch.Tensor] = {}  # eager logits, for agreement and relative accuracy
+        self.references_from_disk: set[tuple] = set()
+        self.accuracy: dict[tuple, Any] = {}  # one accuracy pass per prepared artifact, shared by batch sizes
+        # Thread counts chosen by probing, per (model, backend, batch size, precision): a cell that
+        # runs again in this session (another test, a repeat) measures the same configuration.
+        self.chosen_threads: dict[tuple, int] = {}
+        self.unclaimed_build_s = 0.0  # model building done in a fixture, before its cell's clock started
+
+    def take_build_seconds(self) -> float:
+        """Model-building time not yet counted in any cell's profile (it ran in a fixture)."""
+        seconds, self.unclaimed_build_s = self.unclaimed_build_s, 0.0
+        return seconds
+
+    # -- models -----------------------------------------------------------------------
+    def registered_model(self, spec: CellSpec) -> CellModel:
+        """The registry's model for ``spec`` (built once per process while it is the latest)."""
+        entry = registry.models.get(spec.model)
+        info = ModelInfo(spec.model, tuple(entry.meta["input_shape"]), int(entry.meta["num_classes"]))
+
+        def make() -> CellModel:
+            started = time.perf_counter()
+            ctx = ModelContext(
+                name=spec.model, weights=self.settings.weights, data_root=self.settings.data_root, cache=self.cache,
+                dataset=spec.dataset, input_shape=info.input_shape, num_classes=info.num_classes,
+                download=self.settings.download, log=self.log,
+            )
+            built = entry.factory(ctx)
+            if not isinstance(built, BuiltModel):  # a bare nn.Module: weights as its factory made them
+                built = BuiltModel(built, scale_uint8, "user", "module returned by the factory", "scale-uint8")
+            model = self._finish(built, spec, info)
+            self.unclaimed_build_s += time.perf_counter() - started
+            return model
+
+        # The dataset is part of the key: calibration depends on it.
+        return self.models.get_or_make((spec.model, self.settings.weights, spec.dataset), make)
+
+    def fixture_model(self, built: BuiltModel, spec: CellSpec, info: ModelInfo) -> CellModel:
+        """A model a user's ``cnn_model`` fixture returned (already checked by the runner)."""
+        started = time.perf_counter()
+        model = self._finish(built, spec, info)
+        self.unclaimed_build_s += time.perf_counter() - started
+        return model
+
+    def _finish(self, built: BuiltModel, spec: CellSpec, info: ModelInfo) -> CellModel:
+        built.module.eval()
+        if built.calibrate is not None:
+            # Before fingerprinting: caches must be keyed on the calibrated weights.
+            _, images, _ = self.dataset(spec, built, info)
+            built.calibrate(images)
+            built.calibrate = None  # once: a fixture may hand the same object to several cells
+            built.module.eval()
+        return CellModel(built, model_fingerprint(built.module), info)
+
+    # -- data ---------------------------------------------------------------------------
+    def dataset(self, spec: CellSpec, built: BuiltModel, info: ModelInfo) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        def make() -> tuple[Any, torch.Tensor, torch.Tensor]:
+            ctx = DatasetContext(spec.dataset, self.settings.data_root, self.cache, info.input_shape,
+                                 info.num_classes, self.settings.download, self.log)
+            dataset = registry.datasets.create(spec.dataset, ctx)
+            images, labels = dataset.load(built.preprocess)
+            return dataset, images.contiguous(), labels
+
+        key = (spec.dataset, info.input_shape, info.num_classes, built.preprocess_id or id(built.preprocess))
+        return self.datasets.get_or_make(key, make)
+
+    # -- the eager reference --------------------------------------------------------------
+    def reference(self, model: CellModel, device: str, images: torch.Tensor, labels: torch.Tensor,
+                  content_id: str, spec: CellSpec) -> torch.Tensor:
+        """Eager fp32 logits on the cell's device: computed once, cached in memory and on disk.
+
+        Keyed on content only (model weights, data, preprocessing, device, torch), so any path
+        that leads to the same data and model finds it."""
+        built = model.built
+        ref_key = (model.key, content_id, built.preprocess_id, device)
+        if ref_key not in self.references:
+            disk_key = hash_parts("reference", model.key, content_id, built.preprocess_id, device, torch.__version__)
+            path = self.cache.lookup("reference", disk_key, ".pt")
+            logits = None
+            if path is not None:
+                try:
+                    logits = torch.load(path, weights_only=True)
+                    self.references_from_disk.add(ref_key)
+                except Exception as exc:
+                    self.cache.discard(path, f"does not load: {exc}")
+            if logits is None or logits.shape[0] != len(labels):
+                from .backends.eager import EagerBackend
+
+                prepared = EagerBackend().prepare(built.module, self.prepare_ctx(spec, device, model, "fp32"))
+                # Same shape check as every cell.
+                logits = evaluate(prepared.run, images, labels, accuracy_batch(images), model.info.num_classes).logits
+                self.references_from_disk.discard(ref_key)
+                self.cache.store("reference", disk_key, ".pt", lambda tmp: torch.save(logits, tmp))
+            self.references[ref_key] = logits
+        return self.references[ref_key]
+
+    def reference_from_disk(self, model: CellModel, content_id: str, device: str) -> bool:
+        return (model.key, content_id, model.built.preprocess_id, device) in self.references_from_disk
+
+    def prepare_ctx(self, spec: CellSpec, device: str, model: CellModel, precision: Optional[str] = None) -> PrepareContext:
+        return PrepareContext(device=device, precision=precision or spec.precision, batch_size=spec.batch_size,
+                              input_shape=model.info.input_shape, cache=self.cache, model_key=model.key, log=self.log)

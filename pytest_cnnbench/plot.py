@@ -46,14 +46,30 @@ class PlotSummary:
     axes: list[AxesSummary]
 
 
+CELL_FIELDS = ("source", "test_name", "model", "backend", "device", "precision", "batch_size", "dataset")
+
+
 def _measured(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in results if (r.get("latency_ms") or {}).get("p50") is not None]
+    """Rows with a latency, one per cell: a cell measured again by the same test (a rerun) keeps
+    its last measurement, so every bar is a distinct cell."""
+    from .table import test_name
+
+    cells: dict[tuple, dict[str, Any]] = {}
+    for r in results:
+        if (r.get("latency_ms") or {}).get("p50") is None:
+            continue
+        row = {**r, "test_name": test_name(r)}
+        key = tuple(row.get(field) for field in CELL_FIELDS)
+        cells.pop(key, None)
+        cells[key] = row
+    return list(cells.values())
 
 
 def cell_labels(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Backend, plus whatever else varies among ``rows`` (source, device, precision, batch size)."""
+    """Backend, plus whatever else varies among ``rows`` (source, test, device, precision, batch size)."""
     parts = []
-    for field, fmt in (("source", "{}"), ("device", "{}"), ("precision", "{}"), ("batch_size", "bs{}")):
+    for field, fmt in (("source", "{}"), ("test_name", "{}"), ("device", "{}"), ("precision", "{}"),
+                       ("batch_size", "bs{}")):
         if len({r.get(field) for r in rows}) > 1:
             parts.append((field, fmt))
     labels = []
@@ -134,35 +150,67 @@ def _latency_panel(ax: Any, model: str, cells: list[dict[str, Any]], color: dict
 
 
 def _accuracy_panel(ax: Any, model: str, cells: list[dict[str, Any]], color: dict[str, Any]) -> None:
-    points = [(r, label) for r, label in zip(cells, cell_labels(cells)) if r.get("top1") is not None]
-    ax.set_title(f"{model}: top-1 accuracy vs p50 latency (one point per cell)")
+    """Accuracy against latency, one point per cell (backend x precision x ...): the precision trade.
+
+    Where no cell of the model has meaningful accuracy (random weights, synthetic labels), top-1
+    accuracy would be noise around chance: the panel plots top-1 agreement with eager fp32 instead,
+    which does mean something there."""
+    labelled = [r for r in cells if r.get("top1") is not None]
+    by_agreement = bool(labelled) and not any(r.get("accuracy_valid") for r in labelled)
+    if by_agreement:
+        def value(r: dict[str, Any]) -> Optional[float]:
+            if r["backend"] == "eager" and r.get("precision") == "fp32":
+                return 100.0  # the reference itself
+            agree = r.get("agreement") or {}
+            return None if agree.get("top1_agree") is None else 100.0 * agree["top1_agree"]
+
+        ax.set_title(f"{model}: top-1 agreement with eager fp32 vs p50 latency (one point per cell)")
+        ax.set_ylabel("top-1 agreement with eager fp32 (%)")
+    else:
+        def value(r: dict[str, Any]) -> Optional[float]:
+            return None if r.get("top1") is None else 100.0 * r["top1"]
+
+        ax.set_title(f"{model}: top-1 accuracy vs p50 latency (one point per cell)")
+        ax.set_ylabel("top-1 accuracy (%)")
     ax.set_xlabel("p50 latency per batch (ms)")
-    ax.set_ylabel("top-1 accuracy (%)")
+    points = [(r, label, value(r)) for r, label in zip(cells, cell_labels(cells)) if value(r) is not None]
     if not points:
         ax.text(0.5, 0.5, "no accuracy measured", ha="center", va="center", transform=ax.transAxes)
         return
-    xs = [r["latency_ms"]["p50"] for r, _ in points]
-    ys = [100.0 * r["top1"] for r, _ in points]
-    meaningless = any(r.get("accuracy_valid") is False for r, _ in points)
+    xs = [r["latency_ms"]["p50"] for r, _, _ in points]
+    ys = [y for _, _, y in points]
+    hollow_any = not by_agreement and any(r.get("accuracy_valid") is False for r, _, _ in points)
     # Colour = backend (as in the bars), marker = the rest of the cell (source, device, precision, batch
     # size); a legend rather than labels beside the points, which overprint where cells are close.
     shapes = "osD^vPX<>p*h"
-    rests = list(dict.fromkeys(label.partition("\n")[2] for _, label in points))
-    for (r, label), x, y in zip(points, xs, ys):
-        hollow = r.get("accuracy_valid") is False
+    rests = list(dict.fromkeys(label.partition("\n")[2] for _, label, _ in points))
+    for (r, label, y), x in zip(points, xs):
+        hollow = not by_agreement and r.get("accuracy_valid") is False
         ax.scatter([x], [y], s=70, zorder=3, edgecolors=color[r["backend"]], linewidths=1.5,
                    marker=shapes[rests.index(label.partition("\n")[2]) % len(shapes)],
                    facecolors="none" if hollow else color[r["backend"]], label=label.replace("\n", " "))
+    # The precision trade: join each backend's points across precisions (same everything else).
+    trades: dict[tuple, list[tuple[float, float]]] = {}
+    for (r, _, y), x in zip(points, xs):
+        key = (r.get("source"), r.get("test_name"), r["backend"], r.get("device"), r["batch_size"])
+        trades.setdefault(key, []).append((x, y))
+    for key, line in trades.items():
+        if len(line) > 1:
+            line.sort()
+            ax.plot([p[0] for p in line], [p[1] for p in line], color=color[key[2]], alpha=0.4, linewidth=1, zorder=2)
     ax.legend(loc="best", fontsize=8)
     if _wide(xs):
         ax.set_xscale("log")
         ax.set_xlabel("p50 latency per batch (ms, log scale)")
     low, high = min(ys), max(ys)
     pad = max(0.5, 0.15 * (high - low))
-    ax.set_ylim(max(0.0, low - pad), min(100.0, high + pad) if high + pad > low else high + 1)
+    ax.set_ylim(max(0.0, low - pad), min(100.0 + pad / 4, high + pad) if high + pad > low else high + 1)
     ax.margins(x=0.2)
     ax.grid(alpha=0.3, which="both")
-    if meaningless:
+    if by_agreement:
+        ax.text(0.01, 0.02, "accuracy not meaningful here (random weights or synthetic labels): agreement shown",
+                transform=ax.transAxes, fontsize=8, color="dimgray")
+    elif hollow_any:
         ax.text(0.01, 0.02, "hollow: accuracy not meaningful (random weights or synthetic labels)",
                 transform=ax.transAxes, fontsize=8, color="dimgray")
 

@@ -208,6 +208,21 @@ def test_content_id_follows_the_files(tmp_path):
     assert F.ImageFolderDataset(tmp_path).content_id != before
 
 
+def test_content_id_is_the_same_whichever_path_leads_to_the_data(tmp_path):
+    """Caches are keyed on content: a symlinked or copied folder (new paths, new mtimes) is the same data."""
+    import shutil
+
+    data = labelled_folder(tmp_path / "data", count=3)
+    original = F.ImageFolderDataset(data).content_id
+    (tmp_path / "link").symlink_to(data)
+    assert F.ImageFolderDataset(tmp_path / "link").content_id == original
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)  # fresh modification times
+    for path in copy.rglob("*"):
+        os.utime(path, ns=(1, 1))
+    assert F.ImageFolderDataset(copy).content_id == original
+
+
 # -- locating the folder under --cnn-data-root --------------------------------------------
 def test_search_order_prefers_the_full_validation_set(tmp_path):
     labelled_folder(tmp_path, count=1)

@@ -214,6 +214,30 @@ def test_markdown_has_environment_table_and_notes():
     assert lines.index("## Results") < md.splitlines().index(table_lines[0])
 
 
+# -- the table ----------------------------------------------------------------------------
+def test_table_tells_tests_apart_and_speedup_stays_within_a_test():
+    from pytest_cnnbench import table
+
+    rows = [cell("net", "eager", p50=4.0, test_name="test_suite"), cell("net", "ort", p50=1.0, test_name="test_suite"),
+            cell("net", "ort", p50=2.0, test_name="test_harness"),  # no eager row in its test: no speedup
+            cell("net", "ort", p50=0.5, precision="int8", test_name="test_suite")]
+    assert table.speedups(rows) == [1.0, 4.0, None, 8.0]
+    text = table.format_table(rows)
+    header, _, *lines = text.splitlines()
+    assert header.split()[0] == "test" and lines[2].startswith("test_harness")
+    assert "8.00x†" in lines[3] and "† speedup over eager fp32" in text
+    # One test: no test column.
+    assert table.format_table(rows[:2]).split()[0] == "model"
+
+
+def test_table_says_when_accuracy_was_not_asserted():
+    from pytest_cnnbench import table
+
+    row = cell("net", "ort", accuracy_valid=False, weights="random", notes=["accuracy not asserted: random weights"])
+    line = table.format_table([row]).splitlines()[2]
+    assert "passed: accuracy not asserted: random weights" in line and "90.00%*" in line
+
+
 # -- chart --------------------------------------------------------------------------------
 def test_plot_is_a_png_of_the_results(tmp_path):
     pytest.importorskip("matplotlib")
@@ -250,6 +274,39 @@ def test_plot_with_nothing_measured_says_so(tmp_path):
     summary = plot.plot([cell(status="skipped", latency_ms=None)], tmp_path / "empty.png")
     assert (tmp_path / "empty.png").read_bytes()[:8] == PNG_SIGNATURE
     assert any("no measured cells" in text for axes in summary.axes for text in axes.texts)
+
+
+def test_plot_has_one_bar_per_cell_and_tells_tests_apart(tmp_path):
+    pytest.importorskip("matplotlib")
+    from pytest_cnnbench import plot
+
+    suite = dict(test="suites/test_a.py::test_suite[net-ort-bs1]", test_name="test_suite")
+    harness = dict(test="suites/test_h.py::test_harness[net-ort-bs1]", test_name="test_harness")
+    rows = [cell("net", "eager", p50=4.0, test_name="test_suite"), cell("net", "ort", p50=1.0, **suite),
+            cell("net", "ort", p50=1.5, **suite),  # the same cell measured again by the same test: the last counts
+            cell("net", "ort", p50=1.2, **harness)]
+    latency = plot.plot(rows, tmp_path / "a.png").axes[0]
+    assert latency.bars == [4.0, 1.5, 1.2]
+    assert latency.xticklabels == ["eager\ntest_suite", "ort\ntest_suite", "ort\ntest_harness"]
+
+
+def test_plot_shows_agreement_where_accuracy_means_nothing(tmp_path):
+    pytest.importorskip("matplotlib")
+    from pytest_cnnbench import plot
+
+    random = dict(accuracy_valid=False, weights="random")
+    rows = [cell("net", "eager", p50=4.0, top1=0.001, **random),
+            cell("net", "ort", p50=1.0, top1=0.002, agreement={"top1_agree": 0.97, "rel_err": 1e-6, "meaningful": True}, **random),
+            cell("net", "ort", p50=0.5, top1=0.001, precision="int8",
+                 agreement={"top1_agree": 0.89, "rel_err": 0.05, "meaningful": True}, **random)]
+    accuracy = plot.plot(rows, tmp_path / "a.png").axes[1]
+    assert accuracy.ylabel == "top-1 agreement with eager fp32 (%)"
+    assert accuracy.points == [(4.0, 100.0), (1.0, pytest.approx(97.0)), (0.5, pytest.approx(89.0))]
+    assert any("agreement shown" in text for text in accuracy.texts)
+    # With real accuracy the same panel plots top-1.
+    for r in rows:
+        r["accuracy_valid"] = True
+    assert plot.plot(rows, tmp_path / "b.png").axes[1].ylabel == "top-1 accuracy (%)"
 
 
 # -- the merge command line ---------------------------------------------------------------

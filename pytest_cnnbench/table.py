@@ -11,6 +11,7 @@ HEADERS = [
     "img/s", "host MB", "dev MB", "prep s", "speedup", "status",
 ]
 RANDOM_MARK = "*"
+COST_HEADER = "Δtop-1/5 pp"
 # Change columns (with --cnn-compare): key in a ``changes`` entry -> header; latency/img/s in %, top-1 in pp.
 CHANGE_HEADERS = {"p50": "p50 chg", "p99": "p99 chg", "throughput": "img/s chg", "top1": "top-1 chg"}
 BROKEN_MARK = "!"
@@ -66,6 +67,24 @@ def _pct(value: Optional[float], valid: Optional[bool]) -> str:
 
 def _num(value: Optional[float], fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
+
+
+def accuracy_cost_pp(r: dict[str, Any]) -> tuple[Optional[float], Optional[float]]:
+    """Top-1 and top-5 minus the same model's eager fp32 on the same images, in points."""
+    def delta(value: Optional[float], reference: Optional[float]) -> Optional[float]:
+        return None if value is None or reference is None else 100.0 * (value - reference)
+
+    return delta(r.get("top1"), r.get("reference_top1")), delta(r.get("top5"), r.get("reference_top5"))
+
+
+def _cost(r: dict[str, Any]) -> str:
+    if r["backend"] == "eager" and r.get("precision") == "fp32":
+        return "-"
+    top1, top5 = accuracy_cost_pp(r)
+    if top1 is None:
+        return "-"
+    text = f"{top1:+.2f}" + ("" if top5 is None else f"/{top5:+.2f}")
+    return text + RANDOM_MARK if r.get("accuracy_valid") is False else text
 
 
 def _agreement(r: dict[str, Any]) -> str:
@@ -124,6 +143,11 @@ def format_table(results: Iterable[dict[str, Any]], tablefmt: str = "simple",
 def table_body(results: list[dict[str, Any]], tablefmt: str = "simple",
                changes: Optional[list[Optional[dict[str, Any]]]] = None) -> str:
     headers, body = list(HEADERS), rows(results)
+    if any(r.get("precision") not in (None, "fp32") for r in results):  # the precision trade: its accuracy cost
+        at = headers.index("agree")
+        headers.insert(at, COST_HEADER)
+        for row, r in zip(body, results):
+            row.insert(at, _cost(r))
     if changes is not None:
         at = headers.index("status")
         headers[at:at] = CHANGE_HEADERS.values()
@@ -148,6 +172,8 @@ def table_notes(results: list[dict[str, Any]]) -> list[str]:
         notes.append(f"{RANDOM_MARK} accuracy of random (not pretrained) weights or unlabelled data: not meaningful, not asserted")
     if any(r.get("agreement") and not r["agreement"].get("meaningful") for r in results):
         notes.append("(n/m) top-1 agreement not meaningful: the eager reference predicts (nearly) one class for every input")
+    if any(r.get("precision") not in (None, "fp32") for r in results):
+        notes.append(f"{COST_HEADER} = top-1/top-5 minus the same model's eager fp32 on the same images, in points")
     if any(fallback for _, fallback in _speedups(results)):
         notes.append(f"{FALLBACK_MARK} speedup over eager fp32: eager has no path for this precision on this device")
     notes.append("speedup = eager p50 / p50, against eager in the same test; "

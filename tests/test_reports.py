@@ -230,6 +230,18 @@ def test_table_tells_tests_apart_and_speedup_stays_within_a_test():
     assert table.format_table(rows[:2]).split()[0] == "model"
 
 
+def test_table_shows_the_accuracy_cost_of_reduced_precision():
+    from pytest_cnnbench import table
+
+    rows = [cell("net", "eager", top1=0.90, reference_top1=0.90, reference_top5=0.95),
+            cell("net", "ort", precision="int8", top1=0.885, reference_top1=0.90, reference_top5=0.95)]
+    rows[1]["top5"] = 0.949
+    text = table.format_table(rows)
+    header, _, eager, int8 = text.splitlines()[:4]
+    assert "Δtop-1/5 pp" in header and "-1.50/-0.10" in int8 and "Δtop-1/5 pp = top-1/top-5 minus" in text
+    assert "Δtop-1/5" not in table.format_table(rows[:1])  # fp32 only: no column
+
+
 def test_table_says_when_accuracy_was_not_asserted():
     from pytest_cnnbench import table
 

@@ -127,3 +127,39 @@ def test_trt_engine_is_cached(tiny_project):
     if row["status"] == "skipped":
         pytest.skip(row["reason"])
     assert row["prepare_cached"] is True  # the second run loaded the engine the first one built
+
+
+# -- the GPU path's decisions, on the CPU (issue 10) -----------------------------------------
+def test_device_events_bracket_the_launch_and_then_wait_on_the_end_event():
+    """The end event is recorded right after the launch, before anything waits; then the host waits on
+    that event. A call that cannot launch alone (ONNX Runtime, its own stream) gets no event times."""
+    from pytest_cnnbench.backends.base import DeviceCall
+    from pytest_cnnbench.gpu import time_device_calls
+
+    log: list[str] = []
+
+    class Event:  # stands in for torch.cuda.Event(enable_timing=True), recording the order of operations
+        def __init__(self, name):
+            self.name = name
+
+        def record(self):
+            log.append(f"{self.name}.record")
+
+        def synchronize(self):
+            log.append(f"{self.name}.synchronize")
+
+        def elapsed_time(self, other):
+            return 2.5  # ms
+
+    names = iter(["start", "end"])
+    call = DeviceCall(lambda: log.append("launch"), lambda: log.append("device synchronize"))
+    wall, device = time_device_calls(call, 2, events=True, make_event=lambda: Event(next(names)))
+    assert log == ["start.record", "launch", "end.record", "end.synchronize"] * 2
+    assert device == [0.0025, 0.0025] and len(wall) == 2
+
+    log.clear()
+    assert time_device_calls(call, 1, events=False)[1] is None
+    assert log == ["launch", "device synchronize"]  # without events: the whole call, ending with its synchronize
+    log.clear()
+    wall, device = time_device_calls(lambda: log.append("ort run + synchronize"), 1, events=True)
+    assert device is None and log == ["ort run + synchronize"]

@@ -43,7 +43,8 @@ class Prepared(Protocol):
 
     def bind_device(self, batch: torch.Tensor) -> Optional[Callable[[], Any]]:
         """On a GPU: one call with the input already on the device, returning once the device is
-        done (compute latency, as trtexec's GPU compute time). None on the CPU, where it equals bind."""
+        done (compute latency, as trtexec's GPU compute time). None on the CPU, where it equals bind.
+        A ``DeviceCall`` (work on PyTorch's current stream) is also timed with CUDA events."""
 
     def close(self) -> None: ...
 
@@ -81,6 +82,25 @@ def torch_dtype(precision: str) -> torch.dtype:
     return {"fp32": torch.float32, "fp16": torch.float16}[precision]
 
 
+class DeviceCall:
+    """One device call with its input already on the GPU, for compute latency.
+
+    Calling it launches the work and waits for the whole device. ``launch`` only enqueues the work
+    on PyTorch's current stream, so that ``gpu.time_device_calls`` can record a CUDA event right
+    after the launch and then wait on that event: the event pair then brackets the device work,
+    not a host-side synchronize.
+    """
+
+    def __init__(self, launch: Callable[[], Any], synchronize: Callable[[], Any]) -> None:
+        self.launch = launch
+        self.synchronize = synchronize
+
+    def __call__(self) -> Any:
+        out = self.launch()
+        self.synchronize()
+        return out
+
+
 class TorchPrepared:
     """A callable torch module (eager, TorchScript, or torch-tensorrt's compiled module) on a device."""
 
@@ -115,14 +135,7 @@ class TorchPrepared:
         if self.device == "cpu":
             return None
         staged = batch.to(self.device, self.dtype)
-        module, synchronize = self.module, torch.cuda.synchronize
-
-        def call() -> Any:
-            out = module(staged)
-            synchronize()
-            return out
-
-        return call
+        return DeviceCall(functools.partial(self.module, staged), torch.cuda.synchronize)
 
     def close(self) -> None:
         self.module = None

@@ -130,6 +130,49 @@ def test_trt_engine_is_cached(tiny_project):
 
 
 # -- the GPU path's decisions, on the CPU (issue 10) -----------------------------------------
+@pytest.fixture
+def fresh_imports(monkeypatch, tmp_path):
+    """A folder at the front of sys.path for stand-in packages, and no remembered import failures."""
+    from pytest_cnnbench import lazy
+
+    monkeypatch.setattr(lazy, "_BROKEN", {}, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize("error", [
+    'OSError("libtorchtrt.so: undefined symbol: _ZN3c1017RegisterOperatorsD1Ev")',  # torch ABI mismatch
+    'Exception("import error when try to import _TensorRTProxyModule, got error libnvinfer.so.11: cannot open")',
+])
+def test_broken_torch_tensorrt_skips_trt_with_its_own_message(fresh_imports, error):
+    import sys
+
+    from pytest_cnnbench.backends.trt import TrtBackend
+
+    if "torch_tensorrt" in sys.modules:
+        pytest.skip("the real torch_tensorrt is already imported")
+    (fresh_imports / "torch_tensorrt").mkdir()
+    (fresh_imports / "torch_tensorrt" / "__init__.py").write_text(f"raise {error}\n")
+    reason = TrtBackend().unavailable_reason("cuda", "fp32")
+    message = eval(error).args[0]
+    assert reason == f"torch_tensorrt failed to import: {error.split('(')[0]}: {message}"
+
+
+def test_import_failures_are_told_apart(fresh_imports):
+    from pytest_cnnbench.lazy import require, unavailable
+
+    assert "is not installed" in unavailable("no_such_package_cnnbench", "gpu")
+    assert "pip install 'pytest-cnnbench[gpu]'" in unavailable("no_such_package_cnnbench", "gpu")
+    with pytest.raises(ImportError, match="is not installed"):
+        require("no_such_package_cnnbench", "gpu")
+    # e.g. nvidia-modelopt 0.47 imports requests and huggingface_hub without declaring them
+    (fresh_imports / "needs_undeclared").mkdir()
+    (fresh_imports / "needs_undeclared" / "__init__.py").write_text("import no_such_dependency_cnnbench\n")
+    reason = unavailable("needs_undeclared", "gpu")
+    assert "is installed but cannot be imported" in reason and "no_such_dependency_cnnbench" in reason
+    assert "pip install 'pytest-cnnbench" not in reason
+
+
 def test_device_events_bracket_the_launch_and_then_wait_on_the_end_event():
     """The end event is recorded right after the launch, before anything waits; then the host waits on
     that event. A call that cannot launch alone (ONNX Runtime, its own stream) gets no event times."""

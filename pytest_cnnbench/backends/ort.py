@@ -19,7 +19,7 @@ import torch
 
 from ..cache import hash_parts
 from ..environment import physical_cores
-from ..lazy import require
+from ..lazy import require, unavailable
 from .base import PrepareContext
 
 OPSET = 18
@@ -106,10 +106,11 @@ class OrtBackend:
     provider_for_device = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
     def unavailable_reason(self, device: str, precision: str) -> Optional[str]:
-        try:
-            ort = require("onnxruntime", extra="cpu" if device == "cpu" else "gpu")
-        except ImportError as exc:
-            return str(exc)
+        extra = "cpu" if device == "cpu" else "gpu"
+        reason = unavailable("onnxruntime", extra=extra)
+        if reason:
+            return reason
+        ort = require("onnxruntime", extra=extra)
         reason = self.precision_reason(device, precision)
         if reason:
             return reason
@@ -142,7 +143,7 @@ class OrtBackend:
         return ctx.cache.get_or_build("onnx", key, ".onnx", lambda tmp: export_onnx(module, ctx.input_shape, tmp))
 
     def prepare(self, module: torch.nn.Module, ctx: PrepareContext) -> OrtPrepared:
-        ort = require("onnxruntime", extra="cpu")
+        ort = require("onnxruntime", extra="cpu" if ctx.device == "cpu" else "gpu")
         path, cache_hit = self.export(module, ctx)
         try:
             session = ort.InferenceSession(str(path), sess_options=self.session_options(ort, ctx.threads), providers=self.providers(ctx))

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import warnings
 from typing import Any, Optional
 
@@ -21,7 +20,7 @@ import torch
 
 from ..cache import hash_parts
 from ..environment import package_version
-from ..lazy import require
+from ..lazy import require, unavailable
 from .base import PrepareContext, TorchPrepared, parameter_bytes
 
 CALIBRATION_SAMPLES = 512
@@ -39,12 +38,15 @@ class TrtBackend:
             if not torch.cuda.is_available():
                 return "TensorRT needs a CUDA GPU and none is available (torch.cuda.is_available() is False)"
             return "TensorRT runs on CUDA devices only (--cnn-device=cpu was given)"
-        try:
-            require("torch_tensorrt", extra="gpu")
-        except ImportError as exc:
-            return str(exc)
-        if precision == "int8" and importlib.util.find_spec("modelopt") is None:
-            return "int8 TensorRT needs NVIDIA ModelOpt for calibration: pip install nvidia-modelopt"
+        # Not only "not installed": TensorRT's libraries may fail to load, or torch-tensorrt may be
+        # built for another torch; the cell then skips with the library's own message.
+        reason = unavailable("torch_tensorrt", extra="gpu")
+        if reason:
+            return reason
+        if precision == "int8":
+            reason = unavailable("modelopt.torch.quantization", extra="gpu")
+            if reason:
+                return f"int8 TensorRT needs NVIDIA ModelOpt for calibration: {reason}"
         return None
 
     def prepare(self, module: torch.nn.Module, ctx: PrepareContext) -> TorchPrepared:

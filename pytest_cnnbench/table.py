@@ -99,9 +99,19 @@ def format_table(results: Iterable[dict[str, Any]], tablefmt: str = "simple",
     return table_body(results, tablefmt, changes) + "\n" + "\n".join(table_notes(results))
 
 
+def shows_math(results: list[dict[str, Any]]) -> bool:
+    """A ``math`` column is shown only when some row's arithmetic differs from its precision label."""
+    return any(r.get("math") and r["math"] != r.get("precision") for r in results)
+
+
 def table_body(results: list[dict[str, Any]], tablefmt: str = "simple",
                changes: Optional[list[Optional[dict[str, Any]]]] = None) -> str:
     headers, body = list(HEADERS), rows(results)
+    if shows_math(results):
+        at = headers.index("prec") + 1
+        headers.insert(at, "math")
+        for row, r in zip(body, results):
+            row.insert(at, r.get("math") or "-")
     if changes is not None:
         at = headers.index("status")
         headers[at:at] = CHANGE_HEADERS.values()
@@ -122,6 +132,8 @@ def table_notes(results: list[dict[str, Any]]) -> list[str]:
         notes.append(f"{RANDOM_MARK} accuracy of random (not pretrained) weights or unlabelled data: not meaningful, not asserted")
     if any(r.get("agreement") and not r["agreement"].get("meaningful") for r in results):
         notes.append("(n/m) top-1 agreement not meaningful: the eager reference predicts (nearly) one class for every input")
+    if shows_math(results):
+        notes.append("math = what the GPU computed where it differs from prec (TF32: fp32 inputs rounded to 10-bit mantissas)")
     notes.append("agree = top-1 agreement with eager and max relative logit error; ±ci = 95% CI of the p50; (c) = artifact from cache")
     return notes
 

@@ -72,6 +72,7 @@ def test_every_backend_and_precision_on_a_cpu_machine(tiny_project):
     for r in rows:
         if (r["backend"], r["precision"]) not in measured:
             assert r["status"] == "skipped" and r["reason"], r
+        assert r["math"] is None  # CPU arithmetic is what the precision says; "math" is for GPU rows
     assert sum(line.startswith("tiny ") for line in result.outlines) == 15
 
 
@@ -206,3 +207,37 @@ def test_device_events_bracket_the_launch_and_then_wait_on_the_end_event():
     log.clear()
     wall, device = time_device_calls(lambda: log.append("ort run + synchronize"), 1, events=True)
     assert device is None and log == ["ort run + synchronize"]
+
+
+def test_math_labels_and_table_column():
+    import torch
+
+    from pytest_cnnbench import results as R
+    from pytest_cnnbench.backends.base import torch_cuda_math
+    from pytest_cnnbench.table import format_table
+
+    assert R.empty_result({"model": "m", "backend": "b", "batch_size": 1})["math"] is None
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul  # real flags; settable without a GPU
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    try:
+        cudnn.allow_tf32, matmul.allow_tf32 = True, False
+        assert torch_cuda_math("fp32") == "fp32, TF32 conv"  # PyTorch's defaults
+        cudnn.allow_tf32, matmul.allow_tf32 = True, True
+        assert torch_cuda_math("fp32") == "fp32, TF32 conv+matmul"
+        cudnn.allow_tf32, matmul.allow_tf32 = False, False
+        assert torch_cuda_math("fp32") == "fp32, TF32 off"
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
+    assert torch_cuda_math("fp16") == "fp16"
+
+    def row(backend, precision, math):
+        r = R.empty_result({"model": "m", "backend": backend, "batch_size": 1, "device": "cuda", "precision": precision})
+        r.update(math=math, status="passed")
+        return r
+
+    plain = [row("eager", "fp16", "fp16"), row("eager", "fp32", None)]
+    assert " math " not in format_table(plain)  # nothing to say: no column
+    text = format_table(plain + [row("trt", "fp32", "fp32, TF32 off"), row("eager", "fp32", "fp32, TF32 conv")])
+    header = text.splitlines()[0].split()
+    assert header[header.index("prec") + 1] == "math"
+    assert "fp32, TF32 off" in text and "fp32, TF32 conv" in text and "math = what the GPU computed" in text

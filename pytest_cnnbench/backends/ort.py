@@ -48,12 +48,14 @@ def export_onnx(module: torch.nn.Module, input_shape: tuple[int, ...], path: Pat
 class OrtPrepared:
     max_batch: Optional[int] = None
 
-    def __init__(self, session: Any, provider: str, artifact_bytes: int, cache_hit: bool, device: str) -> None:
+    def __init__(self, session: Any, provider: str, artifact_bytes: int, cache_hit: bool, device: str,
+                 math: Optional[str] = None) -> None:
         self.session = session
         self.provider = provider
         self.artifact_bytes = artifact_bytes
         self.cache_hit = cache_hit
         self.device = device
+        self.math = math  # what the provider computes, on CUDA (e.g. "fp32, TF32 allowed")
 
     def run(self, batch: torch.Tensor) -> torch.Tensor:
         (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch.float().contiguous().numpy()})
@@ -142,6 +144,13 @@ class OrtBackend:
         key = hash_parts("onnx", ctx.model_key, str(OPSET), torch.__version__)
         return ctx.cache.get_or_build("onnx", key, ".onnx", lambda tmp: export_onnx(module, ctx.input_shape, tmp))
 
+    def math(self, session: Any, ctx: PrepareContext) -> Optional[str]:
+        """What the CUDA provider computes: fp32 in TF32 unless its ``use_tf32`` option is 0 (1 by default)."""
+        if ctx.device != "cuda":
+            return None
+        options = session.get_provider_options().get("CUDAExecutionProvider", {})
+        return "fp32, TF32 allowed" if options.get("use_tf32", "1") != "0" else "fp32, TF32 off"
+
     def prepare(self, module: torch.nn.Module, ctx: PrepareContext) -> OrtPrepared:
         ort = require("onnxruntime", extra="cpu" if ctx.device == "cpu" else "gpu")
         path, cache_hit = self.export(module, ctx)
@@ -159,7 +168,7 @@ class OrtBackend:
         active = session.get_providers()
         if active[0] != wanted:
             raise RuntimeError(f"ONNX Runtime fell back to {active[0]} instead of {wanted}; refusing to report its figures as {wanted}'s")
-        return OrtPrepared(session, active[0], path.stat().st_size, cache_hit, ctx.device)
+        return OrtPrepared(session, active[0], path.stat().st_size, cache_hit, ctx.device, self.math(session, ctx))
 
 
 class OrtTensorrtBackend(OrtBackend):
@@ -177,6 +186,11 @@ class OrtTensorrtBackend(OrtBackend):
         if precision == "int8":
             return "int8 with ONNX Runtime's TensorRT provider needs a calibration table, which this backend does not make; use trt for int8"
         return None
+
+    def math(self, session: Any, ctx: PrepareContext) -> Optional[str]:
+        # TensorRT's builder allows TF32 by default and the provider has no option to clear it; with
+        # trt_fp16_enable TensorRT picks fp16 or fp32 per layer (TF32 where fp32 is picked).
+        return "fp16/fp32 mix (TensorRT picks), TF32 allowed" if ctx.precision == "fp16" else "fp32, TF32 allowed"
 
     def providers(self, ctx: PrepareContext) -> list[Any]:
         # Engines are cached by ONNX Runtime itself, beside our ONNX cache, keyed by GPU and TensorRT version.

@@ -131,6 +131,46 @@ def test_trt_engine_is_cached(tiny_project):
 
 
 # -- the GPU path's decisions, on the CPU (issue 10) -----------------------------------------
+# -- the GPU path's decisions, on the CPU (issue 10) -----------------------------------------
+ORT_GPU_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+# What onnxruntime-gpu 1.31.1's libonnxruntime_providers_tensorrt.so links (readelf -d; elf_needed reads the same).
+ORT_131_TRT_PROVIDER_NEEDS = ["libcublas.so.13", "libnvinfer.so.10", "libnvonnxparser.so.10", "libcudart.so.13", "libc.so.6"]
+
+
+def test_ort_tensorrt_provider_skips_naming_the_tensorrt_major_it_needs():
+    """ONNX Runtime lists its TensorRT provider even when the TensorRT it links cannot load (TensorRT 11
+    next to torch-tensorrt 2.14, the provider wants .so.10); sessions then quietly fall back to CUDA."""
+    import ctypes
+
+    from pytest_cnnbench.backends.ort import tensorrt_provider_reason
+
+    try:
+        ctypes.CDLL("libnvinfer.so.10")
+        pytest.skip("TensorRT 10 is loadable here")
+    except OSError:
+        pass
+    reason = tensorrt_provider_reason(ORT_GPU_PROVIDERS, ORT_131_TRT_PROVIDER_NEEDS)
+    assert reason is not None and "needs TensorRT 10 (libnvinfer.so.10)" in reason
+    assert "no TensorrtExecutionProvider" in tensorrt_provider_reason(["CUDAExecutionProvider", "CPUExecutionProvider"], [])
+    assert tensorrt_provider_reason(ORT_GPU_PROVIDERS, ORT_131_TRT_PROVIDER_NEEDS, load=lambda soname: None) is None
+
+
+def test_elf_needed_reads_the_linked_libraries():
+    import sys
+
+    from pytest_cnnbench.backends.ort import elf_needed
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("ELF files: Linux")
+    import onnxruntime
+
+    library = next((p for p in __import__("pathlib").Path(onnxruntime.__file__).parent.joinpath("capi").glob("*.so*")), None)
+    assert library is not None
+    needed = elf_needed(library)
+    assert needed and all(".so" in name for name in needed)
+    assert elf_needed(__import__("pathlib").Path(__file__)) == []  # not an ELF file
+
+
 @pytest.fixture
 def fresh_imports(monkeypatch, tmp_path):
     """A folder at the front of sys.path for stand-in packages, and no remembered import failures."""

@@ -9,10 +9,13 @@ fails then, rather than report CPU figures as GPU ones.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
+import re
+import struct
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +46,64 @@ def export_onnx(module: torch.nn.Module, input_shape: tuple[int, ...], path: Pat
             external_data=False,
             dynamic_shapes=({0: batch},),
         )
+
+
+TENSORRT_PROVIDER_LIBRARY = "libonnxruntime_providers_tensorrt.so"
+_TENSORRT_SONAME = re.compile(r"lib(nvinfer|nvonnxparser)\.so\.(\d+)$")
+
+
+def elf_needed(path: Path) -> list[str]:
+    """The shared libraries an ELF file links (its DT_NEEDED entries), read without loading it."""
+    data = Path(path).read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] not in (1, 2) or data[5] not in (1, 2):
+        return []
+    end = "<" if data[5] == 1 else ">"
+    if data[4] == 2:  # ELF64
+        shoff, (shentsize, shnum), section, entry = (struct.unpack_from(end + "Q", data, 0x28)[0],
+                                                      struct.unpack_from(end + "HH", data, 0x3A), "IIQQQQIIQQ", "qQ")
+    else:  # ELF32
+        shoff, (shentsize, shnum), section, entry = (struct.unpack_from(end + "I", data, 0x20)[0],
+                                                      struct.unpack_from(end + "HH", data, 0x2E), "IIIIIIIIII", "iI")
+    sections = [struct.unpack_from(end + section, data, shoff + i * shentsize) for i in range(shnum)]
+    needed: list[str] = []
+    for _name, kind, _flags, _addr, offset, size, link, *_ in sections:
+        if kind != 6:  # SHT_DYNAMIC; its sh_link is the string table
+            continue
+        strings = sections[link][4]
+        for at in range(offset, offset + size, struct.calcsize(end + entry)):
+            tag, value = struct.unpack_from(end + entry, data, at)
+            if tag == 0:  # DT_NULL
+                break
+            if tag == 1:  # DT_NEEDED
+                start = strings + value
+                needed.append(data[start:data.index(b"\0", start)].decode())
+    return needed
+
+
+def tensorrt_provider_reason(available: Sequence[str], needed: Sequence[str],
+                             load: Callable[[str], Any] = ctypes.CDLL) -> Optional[str]:
+    """Why ONNX Runtime's TensorRT provider cannot run here, or None.
+
+    ``available`` is ``onnxruntime.get_available_providers()``, which lists the provider whenever
+    ONNX Runtime was built with it; ``needed`` are the libraries its provider library links. If
+    the TensorRT it was built against cannot be loaded (onnxruntime-gpu 1.31 links
+    ``libnvinfer.so.10``; torch-tensorrt 2.14 brings TensorRT 11, ``.so.11``), session creation
+    quietly falls back to CUDA.
+    """
+    if "TensorrtExecutionProvider" not in available:
+        return (f"this ONNX Runtime has no TensorrtExecutionProvider (it has {', '.join(available)}); "
+                "install onnxruntime-gpu")
+    for soname in needed:
+        match = _TENSORRT_SONAME.match(soname)
+        if not match:
+            continue
+        try:
+            load(soname)
+        except OSError as exc:
+            return (f"ONNX Runtime's TensorRT provider needs TensorRT {match.group(2)} ({soname}), which cannot be "
+                    f"loaded here ({exc}); torch-tensorrt 2.14 brings TensorRT 11, so ort-trt needs an environment "
+                    f"with TensorRT {match.group(2)} on the library path")
+    return None
 
 
 class OrtPrepared:
@@ -180,7 +241,14 @@ class OrtTensorrtBackend(OrtBackend):
     def unavailable_reason(self, device: str, precision: str) -> Optional[str]:
         if device != "cuda":
             return "ONNX Runtime's TensorRT provider runs on CUDA GPUs only"
-        return super().unavailable_reason(device, precision)
+        reason = super().unavailable_reason(device, precision)
+        if reason:
+            return reason
+        import onnxruntime as ort
+
+        library = Path(ort.__file__).parent / "capi" / TENSORRT_PROVIDER_LIBRARY
+        needed = elf_needed(library) if library.is_file() else []
+        return tensorrt_provider_reason(ort.get_available_providers(), needed)
 
     def precision_reason(self, device: str, precision: str) -> Optional[str]:
         if precision == "int8":

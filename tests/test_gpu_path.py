@@ -131,7 +131,6 @@ def test_trt_engine_is_cached(tiny_project):
 
 
 # -- the GPU path's decisions, on the CPU (issue 10) -----------------------------------------
-# -- the GPU path's decisions, on the CPU (issue 10) -----------------------------------------
 ORT_GPU_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 # What onnxruntime-gpu 1.31.1's libonnxruntime_providers_tensorrt.so links (readelf -d; elf_needed reads the same).
 ORT_131_TRT_PROVIDER_NEEDS = ["libcublas.so.13", "libnvinfer.so.10", "libnvonnxparser.so.10", "libcudart.so.13", "libc.so.6"]
@@ -281,3 +280,20 @@ def test_math_labels_and_table_column():
     header = text.splitlines()[0].split()
     assert header[header.index("prec") + 1] == "math"
     assert "fp32, TF32 off" in text and "fp32, TF32 conv" in text and "math = what the GPU computed" in text
+
+
+def test_gpu_extra_pins_one_consistent_set():
+    """torch-tensorrt 2.14 requires torch>=2.14,<2.15 and tensorrt-cu13>=11.1,<11.2; the `tensorrt` meta
+    package (11.4) would ask for another TensorRT, and a loose pin let pip backtrack to torch 2.8 / TensorRT 10."""
+    import tomllib
+
+    from conftest import REPO
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    gpu = {req.split(">")[0].split("=")[0].split("<")[0].split("~")[0].strip(): req for req in extras["gpu"]}
+    assert gpu["torch"].replace(" ", "") == "torch>=2.14,<2.15"
+    assert gpu["torch-tensorrt"].replace(" ", "") == "torch-tensorrt>=2.14,<2.15"
+    assert "tensorrt" not in gpu and "onnxruntime" not in gpu
+    assert {"onnxruntime-gpu", "nvidia-modelopt", "nvidia-ml-py", "requests", "huggingface-hub"} <= gpu.keys()
+    for name in ("cpu", "test", "plot"):  # CI installs these next to torch 2.15
+        assert not any(req.startswith(("torch", "tensorrt", "onnxruntime-gpu")) for req in extras[name])

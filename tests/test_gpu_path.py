@@ -116,6 +116,10 @@ def test_gpu_cell_reports_end_to_end_compute_and_device_memory(tiny_project, bac
         assert r["memory_mb"]["device_peak"] is not None and r["memory_mb"]["device_peak_source"]
         if backend in ("ort", "ort-trt"):
             assert r["provider"] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+            assert r["device_time_ms"] is None  # its own stream: no CUDA events
+        else:  # events bracket the device work inside each timed call
+            assert 0 < r["device_time_ms"]["p50"] <= r["compute_latency_ms"]["p50"]
+        assert r["math"]  # every GPU row says what it computed
         assert r["agreement"]["rel_err"] < (1e-2 if r["precision"] == "fp16" else 1e-3)
 
 
@@ -128,6 +132,7 @@ def test_trt_engine_is_cached(tiny_project):
     if row["status"] == "skipped":
         pytest.skip(row["reason"])
     assert row["prepare_cached"] is True  # the second run loaded the engine the first one built
+    assert row["status"] == "passed", row["reason"]  # and it ran the accuracy pass's other batch sizes
 
 
 # -- the GPU path's decisions, on the CPU (issue 10) -----------------------------------------

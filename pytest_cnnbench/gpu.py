@@ -7,6 +7,7 @@ Imported only when a cell runs on CUDA. Every memory figure carries its source, 
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from typing import Any, Callable, Optional
@@ -95,29 +96,41 @@ class DeviceMemory:
         return max(self.samples) if self.samples else None
 
 
-def time_device_calls(call: Callable[[], Any], rounds: int, events: bool) -> tuple[list[float], Optional[list[float]]]:
-    """Time ``call`` (which ends with a device synchronization) ``rounds`` times.
+def time_device_calls(call: Callable[[], Any], rounds: int, events: bool,
+                      make_event: Optional[Callable[[], Any]] = None) -> tuple[list[float], Optional[list[float]]]:
+    """Time ``call`` (one device call that ends once the device is done) ``rounds`` times.
 
-    Returns host wall times (s) and, with ``events``, CUDA-event device times (s) recorded on
-    the current stream (meaningful for backends that run on it: PyTorch, torch-tensorrt).
+    Returns host wall times (s) and, with ``events``, CUDA-event device times (s). Events need a
+    call that runs on PyTorch's current stream and can launch without waiting (a
+    ``backends.base.DeviceCall``: PyTorch, torch-tensorrt): the end event is recorded right after
+    the launch, and the host then waits on that event, so the event pair measures the device work
+    and the wall time still includes its completion. Anything else (ONNX Runtime, which works on
+    its own stream) gets wall times only.
     """
     import time
 
-    import torch
+    launch = getattr(call, "launch", None) if events else None
+    wall: list[float] = []
+    if launch is None:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            call()
+            wall.append(time.perf_counter() - started)
+        return wall, None
+    if make_event is None:
+        import torch
 
-    wall, device = [], [] if events else None
-    start_event = torch.cuda.Event(enable_timing=True) if events else None
-    end_event = torch.cuda.Event(enable_timing=True) if events else None
+        make_event = functools.partial(torch.cuda.Event, enable_timing=True)
+    start_event, end_event = make_event(), make_event()
+    device: list[float] = []
     for _ in range(rounds):
         started = time.perf_counter()
-        if events:
-            start_event.record()
-        call()
-        if events:
-            end_event.record()
-            end_event.synchronize()
-            device.append(start_event.elapsed_time(end_event) / 1000.0)
+        start_event.record()
+        launch()
+        end_event.record()  # right after the launch: no host synchronize between the two events
+        end_event.synchronize()  # wait for the work itself (the stream up to the end event)
         wall.append(time.perf_counter() - started)
+        device.append(start_event.elapsed_time(end_event) / 1000.0)
     return wall, device
 
 

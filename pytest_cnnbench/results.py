@@ -41,6 +41,7 @@ def empty_result(cell: dict[str, Any]) -> dict[str, Any]:
         "prepare_cached": None,
         "artifact_mb": None,
         "provider": None,
+        "math": None,  # what the arithmetic was where it differs from the precision label, e.g. "fp32, TF32 off" (GPU)
         "device_name": None,
         "agreement": None,
         "reference_top1": None,  # the same model's eager fp32 on the same images

@@ -154,6 +154,7 @@ class CellRunner:
                     prepared = self._prepare(built.module, ctx, batch, result)
                 device_memory.sample()
                 result["provider"] = getattr(prepared, "provider", self.spec.backend)
+                result["math"] = getattr(prepared, "math", None)
                 if getattr(prepared, "artifact_bytes", None) is not None:
                     result["artifact_mb"] = prepared.artifact_bytes / 2**20
 

@@ -140,6 +140,11 @@ def format_table(results: Iterable[dict[str, Any]], tablefmt: str = "simple",
     return table_body(results, tablefmt, changes) + "\n" + "\n".join(table_notes(results))
 
 
+def shows_math(results: list[dict[str, Any]]) -> bool:
+    """A ``math`` column is shown only when some row's arithmetic differs from its precision label."""
+    return any(r.get("math") and r["math"] != r.get("precision") for r in results)
+
+
 def table_body(results: list[dict[str, Any]], tablefmt: str = "simple",
                changes: Optional[list[Optional[dict[str, Any]]]] = None) -> str:
     headers, body = list(HEADERS), rows(results)
@@ -148,6 +153,11 @@ def table_body(results: list[dict[str, Any]], tablefmt: str = "simple",
         headers.insert(at, COST_HEADER)
         for row, r in zip(body, results):
             row.insert(at, _cost(r))
+    if shows_math(results):
+        at = headers.index("prec") + 1
+        headers.insert(at, "math")
+        for row, r in zip(body, results):
+            row.insert(at, r.get("math") or "-")
     if changes is not None:
         at = headers.index("status")
         headers[at:at] = CHANGE_HEADERS.values()
@@ -176,6 +186,8 @@ def table_notes(results: list[dict[str, Any]]) -> list[str]:
         notes.append(f"{COST_HEADER} = top-1/top-5 minus the same model's eager fp32 on the same images, in points")
     if any(fallback for _, fallback in _speedups(results)):
         notes.append(f"{FALLBACK_MARK} speedup over eager fp32: eager has no path for this precision on this device")
+    if shows_math(results):
+        notes.append("math = what the GPU computed where it differs from prec (TF32: fp32 inputs rounded to 10-bit mantissas)")
     notes.append("speedup = eager p50 / p50, against eager in the same test; "
                  "agree = top-1 agreement with eager and max relative logit error; ±ci = 95% CI of the p50; (c) = artifact from cache")
     return notes

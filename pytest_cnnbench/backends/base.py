@@ -33,6 +33,7 @@ class Prepared(Protocol):
     artifact_bytes: Optional[int]  # size of the prepared model (file or parameters)
     cache_hit: bool  # the artifact came from the on-disk cache
     max_batch: Optional[int]  # largest batch it accepts (None: any); caps the accuracy pass
+    math: Optional[str]  # the arithmetic that actually runs where it differs from the label, e.g. "fp32, TF32 conv"
 
     def run(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits as float32 on the CPU for a float32 CPU batch (used for accuracy)."""
@@ -43,7 +44,8 @@ class Prepared(Protocol):
 
     def bind_device(self, batch: torch.Tensor) -> Optional[Callable[[], Any]]:
         """On a GPU: one call with the input already on the device, returning once the device is
-        done (compute latency, as trtexec's GPU compute time). None on the CPU, where it equals bind."""
+        done (compute latency, as trtexec's GPU compute time). None on the CPU, where it equals bind.
+        A ``DeviceCall`` (work on PyTorch's current stream) is also timed with CUDA events."""
 
     def close(self) -> None: ...
 
@@ -81,19 +83,51 @@ def torch_dtype(precision: str) -> torch.dtype:
     return {"fp32": torch.float32, "fp16": torch.float16}[precision]
 
 
+def torch_cuda_math(precision: str) -> str:
+    """What PyTorch computes for ``precision`` on CUDA right now: fp32 convolutions use TF32 unless
+    ``torch.backends.cudnn.allow_tf32`` is off (on by default), fp32 matmuls when
+    ``torch.backends.cuda.matmul.allow_tf32`` is on (off by default)."""
+    if precision != "fp32":
+        return precision
+    tf32 = [name for name, allowed in (("conv", torch.backends.cudnn.allow_tf32 and torch.backends.cudnn.enabled),
+                                       ("matmul", torch.backends.cuda.matmul.allow_tf32)) if allowed]
+    return f"fp32, TF32 {'+'.join(tf32)}" if tf32 else "fp32, TF32 off"
+
+
+class DeviceCall:
+    """One device call with its input already on the GPU, for compute latency.
+
+    Calling it launches the work and waits for the whole device. ``launch`` only enqueues the work
+    on PyTorch's current stream, so that ``gpu.time_device_calls`` can record a CUDA event right
+    after the launch and then wait on that event: the event pair then brackets the device work,
+    not a host-side synchronize.
+    """
+
+    def __init__(self, launch: Callable[[], Any], synchronize: Callable[[], Any]) -> None:
+        self.launch = launch
+        self.synchronize = synchronize
+
+    def __call__(self) -> Any:
+        out = self.launch()
+        self.synchronize()
+        return out
+
+
 class TorchPrepared:
     """A callable torch module (eager, TorchScript, or torch-tensorrt's compiled module) on a device."""
 
     max_batch: Optional[int] = None
 
     def __init__(self, module: Any, device: str, precision: str, provider: str, artifact_bytes: int,
-                 cache_hit: bool = False, input_dtype: Optional[torch.dtype] = None) -> None:
+                 cache_hit: bool = False, input_dtype: Optional[torch.dtype] = None, math: Optional[str] = None) -> None:
         self.module = module
         self.device = device
         self.dtype = input_dtype or torch_dtype(precision)
         self.provider = provider
         self.artifact_bytes = artifact_bytes
         self.cache_hit = cache_hit
+        # PyTorch itself on CUDA: whether TF32 was allowed (torch_cuda_math); other backends say theirs.
+        self.math = math if math is not None or device != "cuda" else torch_cuda_math(precision)
 
     def run(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -115,14 +149,7 @@ class TorchPrepared:
         if self.device == "cpu":
             return None
         staged = batch.to(self.device, self.dtype)
-        module, synchronize = self.module, torch.cuda.synchronize
-
-        def call() -> Any:
-            out = module(staged)
-            synchronize()
-            return out
-
-        return call
+        return DeviceCall(functools.partial(self.module, staged), torch.cuda.synchronize)
 
     def close(self) -> None:
         self.module = None

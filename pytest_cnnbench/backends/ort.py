@@ -9,17 +9,20 @@ fails then, rather than report CPU figures as GPU ones.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
+import re
+import struct
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..cache import hash_parts
 from ..environment import physical_cores
-from ..lazy import require
+from ..lazy import require, unavailable
 from .base import PrepareContext
 
 OPSET = 18
@@ -45,15 +48,75 @@ def export_onnx(module: torch.nn.Module, input_shape: tuple[int, ...], path: Pat
         )
 
 
+TENSORRT_PROVIDER_LIBRARY = "libonnxruntime_providers_tensorrt.so"
+_TENSORRT_SONAME = re.compile(r"lib(nvinfer|nvonnxparser)\.so\.(\d+)$")
+
+
+def elf_needed(path: Path) -> list[str]:
+    """The shared libraries an ELF file links (its DT_NEEDED entries), read without loading it."""
+    data = Path(path).read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] not in (1, 2) or data[5] not in (1, 2):
+        return []
+    end = "<" if data[5] == 1 else ">"
+    if data[4] == 2:  # ELF64
+        shoff, (shentsize, shnum), section, entry = (struct.unpack_from(end + "Q", data, 0x28)[0],
+                                                      struct.unpack_from(end + "HH", data, 0x3A), "IIQQQQIIQQ", "qQ")
+    else:  # ELF32
+        shoff, (shentsize, shnum), section, entry = (struct.unpack_from(end + "I", data, 0x20)[0],
+                                                      struct.unpack_from(end + "HH", data, 0x2E), "IIIIIIIIII", "iI")
+    sections = [struct.unpack_from(end + section, data, shoff + i * shentsize) for i in range(shnum)]
+    needed: list[str] = []
+    for _name, kind, _flags, _addr, offset, size, link, *_ in sections:
+        if kind != 6:  # SHT_DYNAMIC; its sh_link is the string table
+            continue
+        strings = sections[link][4]
+        for at in range(offset, offset + size, struct.calcsize(end + entry)):
+            tag, value = struct.unpack_from(end + entry, data, at)
+            if tag == 0:  # DT_NULL
+                break
+            if tag == 1:  # DT_NEEDED
+                start = strings + value
+                needed.append(data[start:data.index(b"\0", start)].decode())
+    return needed
+
+
+def tensorrt_provider_reason(available: Sequence[str], needed: Sequence[str],
+                             load: Callable[[str], Any] = ctypes.CDLL) -> Optional[str]:
+    """Why ONNX Runtime's TensorRT provider cannot run here, or None.
+
+    ``available`` is ``onnxruntime.get_available_providers()``, which lists the provider whenever
+    ONNX Runtime was built with it; ``needed`` are the libraries its provider library links. If
+    the TensorRT it was built against cannot be loaded (onnxruntime-gpu 1.31 links
+    ``libnvinfer.so.10``; torch-tensorrt 2.14 brings TensorRT 11, ``.so.11``), session creation
+    quietly falls back to CUDA.
+    """
+    if "TensorrtExecutionProvider" not in available:
+        return (f"this ONNX Runtime has no TensorrtExecutionProvider (it has {', '.join(available)}); "
+                "install onnxruntime-gpu")
+    for soname in needed:
+        match = _TENSORRT_SONAME.match(soname)
+        if not match:
+            continue
+        try:
+            load(soname)
+        except OSError as exc:
+            return (f"ONNX Runtime's TensorRT provider needs TensorRT {match.group(2)} ({soname}), which cannot be "
+                    f"loaded here ({exc}); torch-tensorrt 2.14 brings TensorRT 11, so ort-trt needs an environment "
+                    f"with TensorRT {match.group(2)} on the library path")
+    return None
+
+
 class OrtPrepared:
     max_batch: Optional[int] = None
 
-    def __init__(self, session: Any, provider: str, artifact_bytes: int, cache_hit: bool, device: str) -> None:
+    def __init__(self, session: Any, provider: str, artifact_bytes: int, cache_hit: bool, device: str,
+                 math: Optional[str] = None) -> None:
         self.session = session
         self.provider = provider
         self.artifact_bytes = artifact_bytes
         self.cache_hit = cache_hit
         self.device = device
+        self.math = math  # what the provider computes, on CUDA (e.g. "fp32, TF32 allowed")
 
     def run(self, batch: torch.Tensor) -> torch.Tensor:
         (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch.float().contiguous().numpy()})
@@ -106,10 +169,11 @@ class OrtBackend:
     provider_for_device = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
     def unavailable_reason(self, device: str, precision: str) -> Optional[str]:
-        try:
-            ort = require("onnxruntime", extra="cpu" if device == "cpu" else "gpu")
-        except ImportError as exc:
-            return str(exc)
+        extra = "cpu" if device == "cpu" else "gpu"
+        reason = unavailable("onnxruntime", extra=extra)
+        if reason:
+            return reason
+        ort = require("onnxruntime", extra=extra)
         reason = self.precision_reason(device, precision)
         if reason:
             return reason
@@ -141,8 +205,15 @@ class OrtBackend:
         key = hash_parts("onnx", ctx.model_key, str(OPSET), torch.__version__)
         return ctx.cache.get_or_build("onnx", key, ".onnx", lambda tmp: export_onnx(module, ctx.input_shape, tmp))
 
+    def math(self, session: Any, ctx: PrepareContext) -> Optional[str]:
+        """What the CUDA provider computes: fp32 in TF32 unless its ``use_tf32`` option is 0 (1 by default)."""
+        if ctx.device != "cuda":
+            return None
+        options = session.get_provider_options().get("CUDAExecutionProvider", {})
+        return "fp32, TF32 allowed" if options.get("use_tf32", "1") != "0" else "fp32, TF32 off"
+
     def prepare(self, module: torch.nn.Module, ctx: PrepareContext) -> OrtPrepared:
-        ort = require("onnxruntime", extra="cpu")
+        ort = require("onnxruntime", extra="cpu" if ctx.device == "cpu" else "gpu")
         path, cache_hit = self.export(module, ctx)
         try:
             session = ort.InferenceSession(str(path), sess_options=self.session_options(ort, ctx.threads), providers=self.providers(ctx))
@@ -158,7 +229,7 @@ class OrtBackend:
         active = session.get_providers()
         if active[0] != wanted:
             raise RuntimeError(f"ONNX Runtime fell back to {active[0]} instead of {wanted}; refusing to report its figures as {wanted}'s")
-        return OrtPrepared(session, active[0], path.stat().st_size, cache_hit, ctx.device)
+        return OrtPrepared(session, active[0], path.stat().st_size, cache_hit, ctx.device, self.math(session, ctx))
 
 
 class OrtTensorrtBackend(OrtBackend):
@@ -170,12 +241,24 @@ class OrtTensorrtBackend(OrtBackend):
     def unavailable_reason(self, device: str, precision: str) -> Optional[str]:
         if device != "cuda":
             return "ONNX Runtime's TensorRT provider runs on CUDA GPUs only"
-        return super().unavailable_reason(device, precision)
+        reason = super().unavailable_reason(device, precision)
+        if reason:
+            return reason
+        import onnxruntime as ort
+
+        library = Path(ort.__file__).parent / "capi" / TENSORRT_PROVIDER_LIBRARY
+        needed = elf_needed(library) if library.is_file() else []
+        return tensorrt_provider_reason(ort.get_available_providers(), needed)
 
     def precision_reason(self, device: str, precision: str) -> Optional[str]:
         if precision == "int8":
             return "int8 with ONNX Runtime's TensorRT provider needs a calibration table, which this backend does not make; use trt for int8"
         return None
+
+    def math(self, session: Any, ctx: PrepareContext) -> Optional[str]:
+        # TensorRT's builder allows TF32 by default and the provider has no option to clear it; with
+        # trt_fp16_enable TensorRT picks fp16 or fp32 per layer (TF32 where fp32 is picked).
+        return "fp16/fp32 mix (TensorRT picks), TF32 allowed" if ctx.precision == "fp16" else "fp32, TF32 allowed"
 
     def providers(self, ctx: PrepareContext) -> list[Any]:
         # Engines are cached by ONNX Runtime itself, beside our ONNX cache, keyed by GPU and TensorRT version.

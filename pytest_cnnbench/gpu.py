@@ -12,9 +12,12 @@ import os
 import sys
 from typing import Any, Callable, Optional
 
-TORCH_PEAK = "torch.cuda.max_memory_allocated"
-NVML_PROCESS = "nvml process memory (sampled max)"
-NVML_DEVICE = "nvml device memory minus cell start (sampled max)"
+# Every figure is over a baseline taken at the cell's start, after the caching allocator gave
+# back its free blocks: the CUDA context, earlier cells' cached blocks and anything the process
+# already held are not the cell's.
+TORCH_PEAK = "torch.cuda.max_memory_allocated over cell start"
+NVML_PROCESS = "nvml process memory over cell start (sampled max)"
+NVML_DEVICE = "nvml device memory over cell start (sampled max)"
 
 
 def _nvml() -> Any:
@@ -27,33 +30,61 @@ def _nvml() -> Any:
         return None
 
 
-class DeviceMemory:
-    """Peak device memory over a cell. ``torch_allocator=True`` for backends whose memory all
-    goes through PyTorch's caching allocator (eager, TorchScript); NVML samples otherwise."""
+def nvml_uuid(torch_uuid: Any) -> str:
+    """NVML's form of a device UUID ("GPU-xxxxxxxx-..."), from torch's ``get_device_properties().uuid``."""
+    text = str(torch_uuid)
+    return text if text.startswith(("GPU-", "MIG-")) else f"GPU-{text}"
 
-    def __init__(self, torch_allocator: bool, device_index: int = 0) -> None:
+
+def nvml_handle(nvml: Any, device_index: int) -> Any:
+    """The NVML handle of CUDA device ``device_index`` as this process sees it.
+
+    NVML ignores CUDA_VISIBLE_DEVICES and may order devices differently from CUDA, so its index
+    ``device_index`` can be another GPU: the handle is taken by the device's UUID."""
+    import torch
+
+    uuid = nvml_uuid(torch.cuda.get_device_properties(device_index).uuid)
+    return nvml.nvmlDeviceGetHandleByUUID(uuid)
+
+
+class DeviceMemory:
+    """Peak device memory over a cell, over its start. ``torch_allocator=True`` for backends whose
+    memory all goes through PyTorch's caching allocator (eager, TorchScript); NVML samples otherwise."""
+
+    def __init__(self, torch_allocator: bool, device_index: Optional[int] = None) -> None:
         self.torch_allocator = torch_allocator
         self.device_index = device_index
         self.samples: list[float] = []
-        self.baseline_mb = 0.0
+        self.baseline_mb = 0.0  # torch: allocated at start; NVML: the figure sampled at start
         self.nvml = None if torch_allocator else _nvml()
         self.source: Optional[str] = TORCH_PEAK if torch_allocator else None
+        self._handle_cache: Any = None
+        self._process_baseline: Optional[float] = None
+        self._device_baseline: Optional[float] = None
 
     def __enter__(self) -> "DeviceMemory":
         import torch
 
+        if self.device_index is None:
+            self.device_index = torch.cuda.current_device()
         torch.cuda.synchronize()
+        torch.cuda.empty_cache()  # earlier cells' cached blocks are not this cell's
         if self.torch_allocator:
             torch.cuda.reset_peak_memory_stats()
+            self.baseline_mb = torch.cuda.memory_allocated() / 2**20
         else:
-            self.baseline_mb = self._device_used_mb() or 0.0
-            self.sample()
+            self._process_baseline = self._process_mb()
+            self._device_baseline = self._device_used_mb()
         return self
 
     def _handle(self) -> Any:
-        return self.nvml.nvmlDeviceGetHandleByIndex(self.device_index)
+        if self._handle_cache is None:
+            self._handle_cache = nvml_handle(self.nvml, self.device_index or 0)
+        return self._handle_cache
 
     def _process_mb(self) -> Optional[float]:
+        if self.nvml is None:
+            return None
         try:
             for proc in self.nvml.nvmlDeviceGetComputeRunningProcesses(self._handle()):
                 if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
@@ -71,18 +102,19 @@ class DeviceMemory:
             return None
 
     def sample(self) -> None:
-        """Record NVML's current figure (call at the cell's high points: after prepare, accuracy, timing)."""
+        """Record NVML's current figure over the start (call at the cell's high points: after
+        prepare, accuracy, timing)."""
         if self.torch_allocator or self.nvml is None:
             return
         value = self._process_mb()
-        if value is not None:
-            self.source = NVML_PROCESS
+        if value is not None and self._process_baseline is not None:
+            value, self.source = value - self._process_baseline, NVML_PROCESS
         else:
             used = self._device_used_mb()
-            if used is None:
+            if used is None or self._device_baseline is None:
                 return
-            value, self.source = used - self.baseline_mb, NVML_DEVICE
-        self.samples.append(value)
+            value, self.source = used - self._device_baseline, NVML_DEVICE
+        self.samples.append(max(0.0, value))
 
     def __exit__(self, *exc: Any) -> None:
         self.sample()
@@ -92,7 +124,7 @@ class DeviceMemory:
         if self.torch_allocator:
             import torch
 
-            return torch.cuda.max_memory_allocated() / 2**20
+            return max(0.0, torch.cuda.max_memory_allocated() / 2**20 - self.baseline_mb)
         return max(self.samples) if self.samples else None
 
 

@@ -302,3 +302,38 @@ def test_gpu_extra_pins_one_consistent_set():
     assert {"onnxruntime-gpu", "nvidia-modelopt", "nvidia-ml-py", "requests", "huggingface-hub"} <= gpu.keys()
     for name in ("cpu", "test", "plot"):  # CI installs these next to torch 2.15
         assert not any(req.startswith(("torch", "tensorrt", "onnxruntime-gpu")) for req in extras[name])
+
+
+def test_nvml_handle_is_taken_by_the_cuda_devices_uuid():
+    """NVML ignores CUDA_VISIBLE_DEVICES: index 0 may be another GPU. The handle comes from the UUID
+    of the CUDA device under test, in NVML's "GPU-..." form."""
+    import torch
+
+    from pytest_cnnbench import gpu
+
+    assert gpu.nvml_uuid("4a8b2c1d-0000-1111-2222-333344445555") == "GPU-4a8b2c1d-0000-1111-2222-333344445555"
+    assert gpu.nvml_uuid("GPU-4a8b") == "GPU-4a8b" and gpu.nvml_uuid("MIG-77") == "MIG-77"
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU and NVML to look a handle up")
+    nvml = gpu._nvml()
+    if nvml is None:
+        pytest.skip("nvidia-ml-py is not installed or sees no driver")
+    handle = gpu.nvml_handle(nvml, torch.cuda.current_device())
+    assert nvml.nvmlDeviceGetName(handle) in (torch.cuda.get_device_name(), torch.cuda.get_device_name().encode())
+
+
+def test_device_memory_is_over_the_cells_start():
+    """The CUDA context and what earlier cells left in the caching allocator are not the cell's."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from pytest_cnnbench.gpu import DeviceMemory
+
+    held = torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")  # 64 MB held from before the cell
+    cached = torch.empty(128 * 2**20, dtype=torch.uint8, device="cuda")
+    del cached  # 128 MB free in the caching allocator
+    with DeviceMemory(torch_allocator=True) as memory:
+        block = torch.empty(16 * 2**20, dtype=torch.uint8, device="cuda")
+    assert 15.9 <= memory.peak_mb <= 20 and "over cell start" in memory.source
+    del block, held

@@ -313,6 +313,13 @@ def test_nvml_handle_is_taken_by_the_cuda_devices_uuid():
 
     assert gpu.nvml_uuid("4a8b2c1d-0000-1111-2222-333344445555") == "GPU-4a8b2c1d-0000-1111-2222-333344445555"
     assert gpu.nvml_uuid("GPU-4a8b") == "GPU-4a8b" and gpu.nvml_uuid("MIG-77") == "MIG-77"
+
+
+def test_nvml_handle_names_the_cuda_device_under_test():
+    import torch
+
+    from pytest_cnnbench import gpu
+
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU and NVML to look a handle up")
     nvml = gpu._nvml()

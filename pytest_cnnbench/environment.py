@@ -130,6 +130,9 @@ def collect(results: list[dict[str, Any]], rootdir: Path, options: dict[str, Any
         "options": options,
         "env_vars": {name: os.environ[name] for name in ENV_VARS if name in os.environ},
     }
+    from .gpu import gpu_environment
+
+    env.update(gpu_environment())  # CUDA, cuDNN, GPU name, driver: from modules already loaded, never importing torch
     gpu = gpus()
     if gpu:  # absent, not empty, where there is no NVIDIA GPU (or no nvidia-ml-py)
         env["gpus"], env["gpu_driver"] = gpu["names"], gpu["driver"]

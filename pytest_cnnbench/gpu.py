@@ -171,9 +171,9 @@ def gpu_environment() -> dict[str, Any]:
     info: dict[str, Any] = {}
     torch = sys.modules.get("torch")
     if torch is not None:
-        info["cuda"] = torch.version.cuda
         try:
-            if torch.cuda.is_available():
+            if torch.cuda.is_available():  # a CPU-only run names no CUDA build it never used
+                info["cuda"] = torch.version.cuda
                 info["gpu"] = torch.cuda.get_device_name()
                 info["cudnn"] = torch.backends.cudnn.version()
         except Exception:

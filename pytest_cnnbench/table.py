@@ -215,6 +215,8 @@ def format_profile(results: list[dict[str, Any]]) -> str:
 def format_environment(env: dict[str, Any]) -> str:
     versions = env.get("versions", {})
     parts = [f"{name} {version}" for name, version in versions.items() if version]
+    parts += [f"{label} {env[key]}" for key, label in (("cuda", "CUDA"), ("cudnn", "cuDNN"), ("driver", "driver"))
+              if env.get(key)]
     devices = env.get("devices") or []
     if devices:
         parts.append("device: " + ", ".join(devices))

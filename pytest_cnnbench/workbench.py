@@ -47,6 +47,14 @@ def device_name(device: str) -> str:
     return f"cpu: {cpu_model()}"
 
 
+def reference_math(device: str) -> str:
+    """What eager fp32 computes on ``device``: on CUDA, whether PyTorch's TF32 flags let convolutions
+    and matmuls round to TF32 (the reference's cache key must change with them)."""
+    if device != "cuda":
+        return "fp32"
+    return f"fp32 tf32-conv={torch.backends.cudnn.allow_tf32} tf32-matmul={torch.backends.cuda.matmul.allow_tf32}"
+
+
 def scale_uint8(images: torch.Tensor) -> torch.Tensor:
     """Default preprocessing for bare modules: uint8 pixels to floats in [0, 1]."""
     return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
@@ -170,7 +178,8 @@ class Workbench:
         built = model.built
         ref_key = (model.key, content_id, built.preprocess_id, device)
         if ref_key not in self.references:
-            disk_key = hash_parts("reference", model.key, content_id, built.preprocess_id, device, torch.__version__)
+            disk_key = hash_parts("reference", model.key, content_id, built.preprocess_id, device, torch.__version__,
+                                  reference_math(device))
             path = self.cache.lookup("reference", disk_key, ".pt")
             logits = None
             if path is not None:

@@ -11,6 +11,7 @@ _HINTS = {
     "cpu": "pip install 'pytest-cnnbench[cpu]'",
     "gpu": "pip install 'pytest-cnnbench[gpu]'",
     "plot": "pip install 'pytest-cnnbench[plot]'",
+    "openvino": "pip install 'pytest-cnnbench[openvino]'",
 }
 
 # Installed packages whose import failed with something other than ImportError, by module: a

@@ -50,6 +50,12 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
     "cnn-require-accuracy": ("fail cells whose accuracy cannot be asserted (random weights, unlabelled data) "
                              "instead of passing them with a note", None),
     "cnn-min-top1": ("top-1 floors (fractions) on datasets other than the full ImageNet validation set, e.g. resnet50:0.75,alexnet:0.5", None),
+    "cnn-calibration": ("int8 calibration method: minmax, entropy or percentile (ONNX Runtime's calibrators; "
+                        "OpenVINO's NNCF maps them to its own range estimators)", "minmax"),
+    "cnn-calibration-images": ("int8: calibrate on up to this many real images of the dataset in use "
+                               "(held apart from the evaluation images where the dataset has a training split)", "64"),
+    "cnn-inductor-mode": ("torch.compile mode for the inductor backend: default, reduce-overhead, "
+                          "max-autotune-no-cudagraphs or max-autotune", "default"),
 }
 FLAGS = {"cnn-no-download", "cnn-profile", "cnn-selfcheck", "cnn-require-accuracy"}
 MULTI = {"cnn-report"}  # may be given several times
@@ -118,6 +124,13 @@ def _positive_ints(value: str, option: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def _count(value: Any, option: str) -> int:
+    text = str(value).strip()
+    if not text.isdigit() or int(text) <= 0:
+        raise pytest.UsageError(f"--{option}: {text!r} is not a positive integer (give e.g. 64)")
+    return int(text)
+
+
 def _positive_number(value: Any, option: str, kind: type = float) -> Any:
     try:
         number = kind(value)
@@ -126,6 +139,17 @@ def _positive_number(value: Any, option: str, kind: type = float) -> Any:
     if number < 0 or (kind is float and number == 0):
         raise pytest.UsageError(f"--{option}: {value!r} is not a valid {'positive number' if kind is float else 'count'}")
     return number
+
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+INDUCTOR_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
+
+
+def _choice(value: Any, option: str, valid: tuple[str, ...]) -> str:
+    text = str(value).strip()
+    if text not in valid:
+        raise pytest.UsageError(f"--{option}: unknown {text!r}; valid: {', '.join(valid)}")
+    return text
 
 
 def _threads(value: Any) -> Optional[int]:
@@ -167,6 +191,9 @@ class Settings:
     model_names: Optional[tuple[str, ...]] = None
     selfcheck: bool = False
     require_accuracy: bool = False
+    calibration_method: str = "minmax"  # int8 calibration: minmax, entropy, percentile
+    calibration_images: int = 64  # int8: at most this many calibration images
+    inductor_mode: str = "default"  # torch.compile mode of the inductor backend
 
 
 def _check_writable(path: Path, option: str) -> None:
@@ -291,4 +318,7 @@ def parse_settings(config: pytest.Config) -> Settings:
         compare_path=compare_path,
         compare_rules=compare_rules,
         min_top1=tuple(min_top1.items()),
+        calibration_method=_choice(_raw(config, "cnn-calibration"), "cnn-calibration", CALIBRATION_METHODS),
+        calibration_images=_count(_raw(config, "cnn-calibration-images"), "cnn-calibration-images"),
+        inductor_mode=_choice(_raw(config, "cnn-inductor-mode"), "cnn-inductor-mode", INDUCTOR_MODES),
     )

@@ -46,6 +46,10 @@ def empty_result(cell: dict[str, Any]) -> dict[str, Any]:
         "agreement": None,
         "reference_top1": None,  # the same model's eager fp32 on the same images
         "reference_top5": None,
+        "delta_top1_pp": None,  # top-1 minus the reference's, in percentage points (the accuracy cost of the row)
+        "delta_top5_pp": None,
+        "calibration": None,  # int8: which images calibrated it and how, e.g. "64 MNIST training images, minmax"
+        "quantization": None,  # int8: the scheme, e.g. "QDQ, u8 activations, s8 per-channel weights"
         "compute_latency_ms": None,  # GPU only: input already on the device, ends with a device sync
         "device_time_ms": None,  # GPU only: CUDA-event time of the same calls
         "threads": None,  # CPU threads the cell ran with

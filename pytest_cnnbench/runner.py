@@ -90,6 +90,13 @@ def _phase(phases: dict[str, float], name: str) -> Iterator[None]:
         phases[name] = phases.get(name, 0.0) + time.perf_counter() - started
 
 
+def _points(value: Optional[float], reference: Optional[float]) -> Optional[float]:
+    """``value - reference`` in percentage points (fractions in, points out); None when either is missing."""
+    if value is None or reference is None:
+        return None
+    return round((value - reference) * 100.0, 4)
+
+
 class _NoDeviceMemory:
     peak_mb = source = None
 
@@ -142,11 +149,14 @@ class CellRunner:
         if len(batch) < spec.batch_size:  # small datasets: tile samples up to the batch size
             batch = images[torch.arange(spec.batch_size) % len(images)]
         ctx = bench.prepare_ctx(spec, self.device, model)
-        ctx.calibration, ctx.calibration_id = images, f"{dataset.content_id}/{built.preprocess_id}"
         # The eager reference first, outside the memory span: its pass (when not cached) is not
         # the cell's, and on a GPU its allocations would inflate the cell's device peak.
         with _phase(phases, "accuracy"):
             reference = bench.reference(model, self.device, images, labels, dataset.content_id, spec)
+        if spec.precision == "int8":  # calibration images, held apart from the evaluated ones where the data allows
+            with _phase(phases, "dataset"):
+                calibration = bench.calibration(spec, built, model.info)
+            ctx.calibration, ctx.calibration_id, ctx.calibration_note = calibration.images, calibration.id, calibration.note
         threads_before = torch.get_num_threads()
         prepared: Optional[Prepared] = None
         memory = HostMemory()
@@ -159,6 +169,9 @@ class CellRunner:
                 device_memory.sample()
                 result["provider"] = getattr(prepared, "provider", self.spec.backend)
                 result["math"] = getattr(prepared, "math", None)
+                if ctx.calibration_note:  # the backend's own account (images and method) where it gives one
+                    result["calibration"] = getattr(prepared, "calibration", None) or ctx.calibration_note
+                result["quantization"] = getattr(prepared, "quantization", None)
                 if getattr(prepared, "artifact_bytes", None) is not None:
                     result["artifact_mb"] = prepared.artifact_bytes / 2**20
 
@@ -289,6 +302,9 @@ class CellRunner:
         result["agreement"] = agree.as_dict()
         result["reference_top1"] = reference_acc.top1
         result["reference_top5"] = reference_acc.top5
+        # The accuracy cost of this row (precision, backend) in points against eager fp32 on the same images.
+        result["delta_top1_pp"] = _points(acc.top1, reference_acc.top1)
+        result["delta_top5_pp"] = _points(acc.top5, reference_acc.top5)
 
     # -- what suites call ------------------------------------------------------------------------
     def note(self, text: str) -> None:
@@ -336,3 +352,25 @@ class CellRunner:
         assert agree["rel_err"] <= max_rel_err, f"{label}: max relative logit error vs eager {agree['rel_err']:.2e} > {max_rel_err:.0e}"
         if agree["meaningful"]:
             assert agree["top1_agree"] >= min_top1_agree, f"{label}: top-1 agrees with eager on {agree['top1_agree']:.2%} < {min_top1_agree:.0%}"
+
+    def check_precision_cost(self, max_top1_drop_pp: float, max_top5_drop_pp: Optional[float] = None) -> None:
+        """Assert this row's top-1 (and top-5) are at most that many percentage points below eager fp32's
+        on the same images: the accuracy a lower precision (or another backend) may cost.
+
+        Nothing is skipped: where accuracy means nothing (random weights, unlabelled data) nothing is
+        asserted and the row says so, as ``check_accuracy`` does (a failure with --cnn-require-accuracy)."""
+        result = self.run()
+        if not result["accuracy_valid"]:
+            self.check_accuracy()  # notes why (or fails with --cnn-require-accuracy); asserts nothing
+            return
+        label = self.spec.id
+        for name, drop, limit in (("top-1", result["delta_top1_pp"], max_top1_drop_pp),
+                                  ("top-5", result["delta_top5_pp"], max_top5_drop_pp)):
+            if limit is None:
+                continue
+            assert drop is not None, f"{label}: no {name} figure to compare with eager fp32's"
+            key = "top1" if name == "top-1" else "top5"
+            how = f"; calibration: {result['calibration']}" if result.get("calibration") else ""
+            assert -drop <= limit, (
+                f"{label}: {name} {result[key]:.2%} is {-drop:.2f} pt below eager fp32's {result['reference_' + key]:.2%} "
+                f"on the same {result['samples']} images (allowed: {limit} pt){how}")

@@ -103,6 +103,7 @@ class Workbench:
         self.log = log
         self.models = _Lru(1)  # (name, weights, dataset) -> CellModel
         self.datasets = _Lru(2)  # (dataset, preprocess) -> (dataset, images, labels)
+        self.calibrations = _Lru(2)  # (dataset, preprocess, count) -> CalibrationSet, for int8 cells
         self.references: dict[tuple, torch.Tensor] = {}  # eager logits, for agreement and relative accuracy
         self.references_from_disk: set[tuple] = set()
         self.accuracy: dict[tuple, Any] = {}  # one accuracy pass per prepared artifact, shared by batch sizes
@@ -168,6 +169,16 @@ class Workbench:
         key = (spec.dataset, info.input_shape, info.num_classes, built.preprocess_id or id(built.preprocess))
         return self.datasets.get_or_make(key, make)
 
+    def calibration(self, spec: CellSpec, built: BuiltModel, info: ModelInfo) -> Any:
+        """The int8 calibration images for the cell's dataset (see ``calibration.py``), once per process."""
+        from .calibration import calibration_set
+
+        dataset, images, _ = self.dataset(spec, built, info)
+        count = self.settings.calibration_images
+        key = (spec.dataset, info.input_shape, info.num_classes, built.preprocess_id or id(built.preprocess), count)
+        return self.calibrations.get_or_make(
+            key, lambda: calibration_set(dataset, built.preprocess, built.preprocess_id, images, count))
+
     # -- the eager reference --------------------------------------------------------------
     def reference(self, model: CellModel, device: str, images: torch.Tensor, labels: torch.Tensor,
                   content_id: str, spec: CellSpec) -> torch.Tensor:
@@ -204,4 +215,6 @@ class Workbench:
 
     def prepare_ctx(self, spec: CellSpec, device: str, model: CellModel, precision: Optional[str] = None) -> PrepareContext:
         return PrepareContext(device=device, precision=precision or spec.precision, batch_size=spec.batch_size,
-                              input_shape=model.info.input_shape, cache=self.cache, model_key=model.key, log=self.log)
+                              input_shape=model.info.input_shape, cache=self.cache, model_key=model.key, log=self.log,
+                              calibration_method=self.settings.calibration_method,
+                              inductor_mode=self.settings.inductor_mode)

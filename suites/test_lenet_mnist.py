@@ -4,9 +4,19 @@ import pytest
 
 pytestmark = pytest.mark.cnnbench(models=["lenet"])
 
+# Agreement with eager fp32 on the 10,000 test images: (max relative logit error, min top-1 agreement).
+# int8, measured here (ONNX Runtime QDQ and OpenVINO/NNCF, 64 training images, minmax): rel_err 0.034 and
+# 0.037, top-1 agreement 99.97% and 99.94% (3 and 6 digits flip); 0.1 / 99.5% leave room for another
+# calibration method or CPU and still fail a broken quantization (wrong scales: rel_err ~1, agreement < 90%).
+AGREEMENT = {"fp32": (1e-3, 0.999), "int8": (1e-1, 0.995)}
+# What int8 may cost: top-1 within half a point of fp32 (measured: -0.01 and -0.04 pt).
+MAX_TOP1_DROP_PP = 0.5
+
 
 def test_lenet_mnist(cnnbench):
     result = cnnbench.run()
     assert result["samples"] == 10000 or result["dataset"] != "mnist"
     cnnbench.check_accuracy(min_top1=0.98, min_relative_to_eager=0.99)
-    cnnbench.check_agreement(max_rel_err=1e-3, min_top1_agree=0.999)
+    cnnbench.check_precision_cost(max_top1_drop_pp=MAX_TOP1_DROP_PP)
+    max_rel_err, min_agree = AGREEMENT.get(cnnbench.spec.precision, AGREEMENT["fp32"])
+    cnnbench.check_agreement(max_rel_err=max_rel_err, min_top1_agree=min_agree)

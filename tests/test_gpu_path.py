@@ -42,8 +42,14 @@ def test_onnxruntime_silent_cpu_fallback_fails_the_cell(tmp_path):
         ("eager", "cpu", "int8", "no int8"),
         ("torchscript", "cuda", "int8", "no int8"),
         ("torchscript", "cpu", "fp16", "CUDA only"),
-        ("ort", "cpu", "fp16", "converted or quantized"),
+        ("ort", "cpu", "fp16", "cast back to fp32 at load"),
+        ("ort", "cuda", "int8", "converted or quantized"),
+        ("ort", "cpu", "int8", None),
         ("ort", "cpu", "fp32", None),
+        ("inductor", "cpu", "int8", "PT2E"),
+        ("inductor", "cpu", "fp16", "fp32 only"),
+        ("inductor", "cuda", "fp32", "CPU only"),
+        ("inductor", "cpu", "fp32", None),
         ("eager", "cpu", "fp32", None),
     ],
 )
@@ -68,7 +74,7 @@ def test_every_backend_and_precision_on_a_cpu_machine(tiny_project):
     rows = load_results(out)
     assert len(rows) == 15
     measured = {(r["backend"], r["precision"]) for r in rows if r["status"] == "passed"}
-    assert measured == {("eager", "fp32"), ("torchscript", "fp32"), ("ort", "fp32")}
+    assert measured == {("eager", "fp32"), ("torchscript", "fp32"), ("ort", "fp32"), ("ort", "int8")}
     for r in rows:
         if (r["backend"], r["precision"]) not in measured:
             assert r["status"] == "skipped" and r["reason"], r

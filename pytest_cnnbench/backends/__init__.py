@@ -42,3 +42,17 @@ def trt():
     from .trt import TrtBackend
 
     return TrtBackend()
+
+
+@register_backend("inductor", description="torch.compile with inductor (freezing on, --cnn-inductor-mode), fp32 on the CPU")
+def inductor():
+    from .inductor import InductorBackend
+
+    return InductorBackend()
+
+
+@register_backend("openvino", description="OpenVINO on the CPU from the ONNX export; int8 by NNCF post-training quantization")
+def openvino():
+    from .openvino import OpenVinoBackend
+
+    return OpenVinoBackend()

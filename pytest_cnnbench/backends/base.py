@@ -21,9 +21,12 @@ class PrepareContext:
     cache: ArtifactCache
     model_key: str  # changes with architecture and weights
     log: Callable[[str], None] = print
-    calibration: Optional[torch.Tensor] = None  # real, preprocessed images for int8 calibration
+    calibration: Optional[torch.Tensor] = None  # int8 cells: real, preprocessed images to calibrate on
     calibration_id: str = ""  # identifies those images in cache keys
     threads: Optional[int] = None  # CPU threads the prepared model should use (None: one per physical core)
+    calibration_method: str = "minmax"  # --cnn-calibration: minmax, entropy or percentile
+    calibration_note: str = ""  # which images ``calibration`` holds, e.g. "64 MNIST training images"
+    inductor_mode: str = "default"  # --cnn-inductor-mode, for the inductor backend
 
 
 class Prepared(Protocol):

@@ -27,6 +27,15 @@ from .base import PrepareContext
 
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+# Checked with ONNX Runtime 1.32 on x86: a model converted to fp16 (onnxruntime.transformers.float16, fp32
+# inputs/outputs kept) loads on the CPU provider, but its CastFloat16Transformer and
+# FuseFp16InitializerToFp32NodeTransformer turn the fp16 convolutions back into fp32 ones (the optimized
+# graph has fp32 Conv nodes, NCHWc-blocked, and casts), since the provider has no fp16 Conv kernels there.
+# Timing it would report fp32 figures under an fp16 label.
+CPU_FP16_REASON = ("fp16 with ONNX Runtime's CPUExecutionProvider is not real on this CPU: it has no fp16 convolution "
+                   "kernels here, and an fp16 model is cast back to fp32 at load (CastFloat16Transformer, "
+                   "FuseFp16InitializerToFp32NodeTransformer), so its figures would be fp32's; use int8 on the CPU, "
+                   "or ort-trt / trt for fp16 on a GPU")
 
 
 def export_onnx(module: torch.nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
@@ -108,6 +117,8 @@ def tensorrt_provider_reason(available: Sequence[str], needed: Sequence[str],
 
 class OrtPrepared:
     max_batch: Optional[int] = None
+    calibration: Optional[str] = None  # int8: which images calibrated it and how
+    quantization: Optional[str] = None  # int8: the scheme
 
     def __init__(self, session: Any, provider: str, artifact_bytes: int, cache_hit: bool, device: str,
                  math: Optional[str] = None) -> None:
@@ -184,6 +195,14 @@ class OrtBackend:
         return None
 
     def precision_reason(self, device: str, precision: str) -> Optional[str]:
+        if device == "cpu" and precision == "int8":
+            return None  # static QDQ quantization (ort_quant.py)
+        if device == "cpu" and precision == "fp16":
+            import platform
+
+            if platform.machine().lower() in ("arm64", "aarch64"):
+                return "fp16 with ONNX Runtime's CPUExecutionProvider on ARM is not built in this plugin (checked on x86 only)"
+            return CPU_FP16_REASON
         if precision != "fp32":
             return (f"{precision} with ONNX Runtime's {self.provider_for_device[device]} needs a converted or quantized "
                     "ONNX model, which this backend does not make; use ort-trt (fp16) or trt (fp16, int8) on a GPU")
@@ -212,9 +231,18 @@ class OrtBackend:
         options = session.get_provider_options().get("CUDAExecutionProvider", {})
         return "fp32, TF32 allowed" if options.get("use_tf32", "1") != "0" else "fp32, TF32 off"
 
+    def artifact(self, module: torch.nn.Module, ctx: PrepareContext) -> tuple[Path, bool]:
+        """The model file this cell runs: the fp32 export, or its int8 quantization (both cached)."""
+        path, cache_hit = self.export(module, ctx)
+        if ctx.precision == "int8":
+            from .ort_quant import quantized_model
+
+            path, cache_hit = quantized_model(path, ctx, INPUT_NAME)
+        return path, cache_hit
+
     def prepare(self, module: torch.nn.Module, ctx: PrepareContext) -> OrtPrepared:
         ort = require("onnxruntime", extra="cpu" if ctx.device == "cpu" else "gpu")
-        path, cache_hit = self.export(module, ctx)
+        path, cache_hit = self.artifact(module, ctx)
         try:
             session = ort.InferenceSession(str(path), sess_options=self.session_options(ort, ctx.threads), providers=self.providers(ctx))
         except Exception as exc:
@@ -222,14 +250,20 @@ class OrtBackend:
                 raise
             # A cached file that passes its checksum but does not load: rebuild once.
             ctx.cache.discard(path, f"ONNX Runtime cannot load it: {type(exc).__name__}: {exc}")
-            path, cache_hit = self.export(module, ctx)
+            path, cache_hit = self.artifact(module, ctx)
             session = ort.InferenceSession(str(path), sess_options=self.session_options(ort, ctx.threads), providers=self.providers(ctx))
         wanted = self.providers(ctx)[0]
         wanted = wanted[0] if isinstance(wanted, tuple) else wanted
         active = session.get_providers()
         if active[0] != wanted:
             raise RuntimeError(f"ONNX Runtime fell back to {active[0]} instead of {wanted}; refusing to report its figures as {wanted}'s")
-        return OrtPrepared(session, active[0], path.stat().st_size, cache_hit, ctx.device, self.math(session, ctx))
+        prepared = OrtPrepared(session, active[0], path.stat().st_size, cache_hit, ctx.device, self.math(session, ctx))
+        if ctx.precision == "int8":
+            from .ort_quant import this_cpu_scheme
+
+            prepared.calibration = f"{ctx.calibration_note}, {ctx.calibration_method}"
+            prepared.quantization = this_cpu_scheme().describe()
+        return prepared
 
 
 class OrtTensorrtBackend(OrtBackend):

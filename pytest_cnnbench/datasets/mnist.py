@@ -104,7 +104,23 @@ class MnistDataset:
     @classmethod
     def from_context(cls, ctx: DatasetContext, split: str) -> "MnistDataset":
         images, labels = locate(ctx.data_root, split, ctx.download, ctx.cache.root / "data", ctx.log)
-        return cls(images, labels)
+        dataset = cls(images, labels)
+        dataset.context, dataset.split = ctx, split
+        return dataset
+
+    context: Optional[DatasetContext] = None
+    split: str = ""
+
+    def calibration_source(self, preprocess: Callable[[Any], torch.Tensor], count: int) -> Optional[tuple[torch.Tensor, str, str]]:
+        """int8 calibration images held apart from the test set: a seeded pick of training images."""
+        if self.split != "test" or self.context is None:
+            return None
+        from ..calibration import pick
+
+        train = MnistDataset.from_context(self.context, "train")
+        chosen = pick(len(train), count)
+        return preprocess(train.images[chosen]), hash_parts(train.content_id, "train", str(len(chosen))), \
+            f"{len(chosen)} MNIST training images"
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

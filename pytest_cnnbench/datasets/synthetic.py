@@ -23,6 +23,13 @@ class SyntheticDataset:
     def __len__(self) -> int:
         return self.size
 
+    def calibration_source(self, preprocess: Callable[[Any], torch.Tensor], count: int) -> tuple[torch.Tensor, str, str]:
+        """int8 calibration images: random images of another seed than the evaluated ones."""
+        seed = self.seed + 1
+        raw = torch.randint(0, 256, (count, *self.input_shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+        return preprocess(raw), hash_parts(self.content_id, "calibration", str(count), str(seed)), \
+            f"{count} synthetic images (seed {seed}, not the evaluated ones)"
+
     def load(self, preprocess: Callable[[Any], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed)
         raw = torch.randint(0, 256, (self.size, *self.input_shape), dtype=torch.uint8, generator=generator)

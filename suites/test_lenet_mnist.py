@@ -8,7 +8,12 @@ pytestmark = pytest.mark.cnnbench(models=["lenet"])
 # int8, measured here (ONNX Runtime QDQ and OpenVINO/NNCF, 64 training images, minmax): rel_err 0.034 and
 # 0.037, top-1 agreement 99.97% and 99.94% (3 and 6 digits flip); 0.1 / 99.5% leave room for another
 # calibration method or CPU and still fail a broken quantization (wrong scales: rel_err ~1, agreement < 90%).
-AGREEMENT = {"fp32": (1e-3, 0.999), "int8": (1e-1, 0.995)}
+# On CUDA, not measured here (no GPU): eager fp32 runs convolutions in TF32 by default (10-bit mantissa,
+# ~1e-3 relative), so fp32 rows get 5e-3; fp16 rows 2e-2, from fp16's 11-bit mantissa over LeNet's 5 layers.
+AGREEMENT = {
+    ("cpu", "fp32"): (1e-3, 0.999), ("cuda", "fp32"): (5e-3, 0.999), ("cuda", "fp16"): (2e-2, 0.995),
+    ("cpu", "int8"): (1e-1, 0.995), ("cuda", "int8"): (1e-1, 0.995),
+}
 # What int8 may cost: top-1 within half a point of fp32 (measured: -0.01 and -0.04 pt).
 MAX_TOP1_DROP_PP = 0.5
 
@@ -18,5 +23,5 @@ def test_lenet_mnist(cnnbench):
     assert result["samples"] == 10000 or result["dataset"] != "mnist"
     cnnbench.check_accuracy(min_top1=0.98, min_relative_to_eager=0.99)
     cnnbench.check_precision_cost(max_top1_drop_pp=MAX_TOP1_DROP_PP)
-    max_rel_err, min_agree = AGREEMENT.get(cnnbench.spec.precision, AGREEMENT["fp32"])
+    max_rel_err, min_agree = AGREEMENT[cnnbench.device, cnnbench.spec.precision]
     cnnbench.check_agreement(max_rel_err=max_rel_err, min_top1_agree=min_agree)

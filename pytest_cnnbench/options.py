@@ -50,8 +50,14 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
     "cnn-require-accuracy": ("fail cells whose accuracy cannot be asserted (random weights, unlabelled data) "
                              "instead of passing them with a note", None),
     "cnn-min-top1": ("top-1 floors (fractions) on datasets other than the full ImageNet validation set, e.g. resnet50:0.75,alexnet:0.5", None),
+    "cnn-min-time": ("the timed blocks of each cell span at least this many seconds (pauses between them; capped by "
+                     "--cnn-max-time), so they sample the machine at different moments", "1.0"),
+    "cnn-strict": ("fail cells whose timing is unstable (stated spread above 10% even after measuring again) "
+                   "instead of passing them with a mark", None),
+    "cnn-reprobe": ("probe thread counts and TorchScript variants again instead of using the choices remembered "
+                    "in the cache for this machine (the new choices are remembered)", None),
 }
-FLAGS = {"cnn-no-download", "cnn-profile", "cnn-selfcheck", "cnn-require-accuracy"}
+FLAGS = {"cnn-no-download", "cnn-profile", "cnn-selfcheck", "cnn-require-accuracy", "cnn-strict", "cnn-reprobe"}
 MULTI = {"cnn-report"}  # may be given several times
 
 
@@ -167,6 +173,9 @@ class Settings:
     model_names: Optional[tuple[str, ...]] = None
     selfcheck: bool = False
     require_accuracy: bool = False
+    min_time: float = 1.0  # the timed blocks span at least this long (capped by max_time)
+    strict: bool = False  # unstable cells fail
+    reprobe: bool = False  # ignore remembered thread counts and TorchScript variants
 
 
 def _check_writable(path: Path, option: str) -> None:
@@ -291,4 +300,7 @@ def parse_settings(config: pytest.Config) -> Settings:
         compare_path=compare_path,
         compare_rules=compare_rules,
         min_top1=tuple(min_top1.items()),
+        min_time=_positive_number(_raw(config, "cnn-min-time"), "cnn-min-time", float),
+        strict=bool(_raw(config, "cnn-strict")),
+        reprobe=bool(_raw(config, "cnn-reprobe")),
     )

@@ -195,4 +195,5 @@ class Workbench:
 
     def prepare_ctx(self, spec: CellSpec, device: str, model: CellModel, precision: Optional[str] = None) -> PrepareContext:
         return PrepareContext(device=device, precision=precision or spec.precision, batch_size=spec.batch_size,
-                              input_shape=model.info.input_shape, cache=self.cache, model_key=model.key, log=self.log)
+                              input_shape=model.info.input_shape, cache=self.cache, model_key=model.key, log=self.log,
+                              reprobe=self.settings.reprobe)

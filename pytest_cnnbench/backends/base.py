@@ -24,6 +24,7 @@ class PrepareContext:
     calibration: Optional[torch.Tensor] = None  # real, preprocessed images for int8 calibration
     calibration_id: str = ""  # identifies those images in cache keys
     threads: Optional[int] = None  # CPU threads the prepared model should use (None: one per physical core)
+    reprobe: bool = False  # --cnn-reprobe: choose variants afresh rather than reuse the remembered choice (tuning.py)
 
 
 class Prepared(Protocol):

@@ -56,8 +56,14 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
                                "(held apart from the evaluation images where the dataset has a training split)", "64"),
     "cnn-inductor-mode": ("torch.compile mode for the inductor backend: default, reduce-overhead, "
                           "max-autotune-no-cudagraphs or max-autotune", "default"),
+    "cnn-min-time": ("the timed blocks of each cell span at least this many seconds (pauses between them; capped by "
+                     "--cnn-max-time), so they sample the machine at different moments", "1.0"),
+    "cnn-strict": ("fail cells whose timing is unstable (stated spread above 10% even after measuring again) "
+                   "instead of passing them with a mark", None),
+    "cnn-reprobe": ("probe thread counts and TorchScript variants again instead of using the choices remembered "
+                    "in the cache for this machine (the new choices are remembered)", None),
 }
-FLAGS = {"cnn-no-download", "cnn-profile", "cnn-selfcheck", "cnn-require-accuracy"}
+FLAGS = {"cnn-no-download", "cnn-profile", "cnn-selfcheck", "cnn-require-accuracy", "cnn-strict", "cnn-reprobe"}
 MULTI = {"cnn-report"}  # may be given several times
 
 
@@ -194,6 +200,9 @@ class Settings:
     calibration_method: str = "minmax"  # int8 calibration: minmax, entropy, percentile
     calibration_images: int = 64  # int8: at most this many calibration images
     inductor_mode: str = "default"  # torch.compile mode of the inductor backend
+    min_time: float = 1.0  # the timed blocks span at least this long (capped by max_time)
+    strict: bool = False  # unstable cells fail
+    reprobe: bool = False  # ignore remembered thread counts and TorchScript variants
 
 
 def _check_writable(path: Path, option: str) -> None:
@@ -321,4 +330,7 @@ def parse_settings(config: pytest.Config) -> Settings:
         calibration_method=_choice(_raw(config, "cnn-calibration"), "cnn-calibration", CALIBRATION_METHODS),
         calibration_images=_count(_raw(config, "cnn-calibration-images"), "cnn-calibration-images"),
         inductor_mode=_choice(_raw(config, "cnn-inductor-mode"), "cnn-inductor-mode", INDUCTOR_MODES),
+        min_time=_positive_number(_raw(config, "cnn-min-time"), "cnn-min-time", float),
+        strict=bool(_raw(config, "cnn-strict")),
+        reprobe=bool(_raw(config, "cnn-reprobe")),
     )

@@ -54,6 +54,9 @@ def empty_result(cell: dict[str, Any]) -> dict[str, Any]:
         "device_time_ms": None,  # GPU only: CUDA-event time of the same calls
         "threads": None,  # CPU threads the cell ran with
         "thread_probe_ms": None,  # --cnn-threads=auto: probed median per thread count
+        "thread_choice": None,  # where the thread count came from (probed, remembered, option...) and the probe's verdict
+        "machine": None,  # the load over the cell's timing: load average before/during, others' CPU share, steal
+        "companions_ms": None,  # calls timed in the same loop as the cell (self-checks), by name
         "phases_s": {},  # wall time by phase: model, dataset, prepare, accuracy, timing
         "accuracy_asserted": None,  # False: accuracy means nothing here (the notes say why), nothing asserted
         "notes": [],  # findings a suite adds with cnnbench.note(), shown beside the status

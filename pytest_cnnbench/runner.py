@@ -20,8 +20,10 @@ from . import registry
 from . import results as R
 from .backends.base import PrepareContext, Prepared
 from .core import BuiltModel, CellSkip, CellSpec
-from .measure import (Agreement, HostMemory, TimingRules, accuracy_from_logits, agreement, current_rss_mb, evaluate,
-                      fastest, probe, time_with_benchmark)
+from .measure import (SESSION_HISTORY, UNSTABLE_CI, Agreement, HostMemory, LatencyStats, TimingRules, accuracy_from_logits,
+                      agreement, compare_interleaved, current_rss_mb, evaluate, session_spread, time_again,
+                      time_with_benchmark)
+from .machine import unstable_message
 from .workbench import ACCURACY_BATCH, CellModel, ModelInfo, Workbench, accuracy_batch, device_name, scale_uint8
 
 
@@ -126,9 +128,15 @@ class CellRunner:
         self.result: Optional[dict[str, Any]] = None
         self.reference_top1: Optional[float] = None
         self.backend = registry.backends.create(spec.backend)
+        self.companions: dict[str, LatencyStats] = {}
 
-    def run(self) -> dict[str, Any]:
-        """Prepare, evaluate accuracy, time, measure memory; record and return the result dict."""
+    def run(self, companions: Optional[dict[str, Callable[[], Any]]] = None) -> dict[str, Any]:
+        """Prepare, evaluate accuracy, time, measure memory; record and return the result dict.
+
+        ``companions``: other calls to time in the same loop as the cell, a block of each
+        before each of its blocks (see ``measure.BlockSchedule``); their figures land in
+        ``self.companions`` and the result's ``companions_ms``. The self-checks use them.
+        """
         if self.result is not None:
             return self.result
         spec, bench, model = self.spec, self.bench, self.model
@@ -182,9 +190,9 @@ class CellRunner:
                 # Requested only now, so a cell that skips or fails earlier never touches pytest-benchmark.
                 self.benchmark = self.request.getfixturevalue("benchmark")
                 s = bench.settings
-                rules = TimingRules(s.warmup, s.min_rounds, s.max_rounds, s.max_time, s.target_ci)
+                rules = TimingRules(s.warmup, s.min_rounds, s.max_rounds, s.max_time, s.target_ci, s.min_time)
                 with _phase(phases, "timing"), torch.inference_mode():
-                    stats = time_with_benchmark(self.benchmark, prepared.bind(batch), rules)
+                    stats, prepared = self._time(prepared, batch, rules, built.module, ctx, result, companions)
                     # Optional members of the protocol: a user's backend may have only run/bind/close.
                     bind_device = getattr(prepared, "bind_device", None)
                     device_call = bind_device(batch) if bind_device is not None else None
@@ -207,7 +215,62 @@ class CellRunner:
         self.item.user_properties.append((R.RESULT_PROPERTY, result))
         if stats is not None and self.benchmark is not None and not getattr(self.benchmark, "disabled", False):
             self.benchmark.extra_info.update({"cnnbench": {k: v for k, v in result.items() if k != "test"}})
+        if stats is not None and stats.stable is False and bench.settings.strict:
+            pytest.fail(f"{unstable_message(result)} (--cnn-strict)", pytrace=False)
         return result
+
+    # -- timing ---------------------------------------------------------------------------------
+    def _time(self, prepared: Prepared, batch: torch.Tensor, rules: TimingRules, module: torch.nn.Module,
+              ctx: PrepareContext, result: dict[str, Any],
+              companions: Optional[dict[str, Callable[[], Any]]]) -> tuple[Optional[LatencyStats], Prepared]:
+        """Time the cell; measure it again once if its spread is wide; add the between-session term.
+
+        Returns the statistics (None with --benchmark-disable) and the prepared model timed last
+        (a re-measurement on one thread prepares the model again)."""
+        from . import machine, tuning
+
+        monitor = machine.Monitor()
+        timing = time_with_benchmark(self.benchmark, prepared.bind(batch), rules, companions, monitor.tick)
+        if timing is None:
+            return None, prepared
+        stats = timing.stats
+        if stats.ci95_rel > UNSTABLE_CI:
+            load = monitor.finish().as_dict()
+            threads = result.get("threads")
+            first = {"p50": stats.p50, "ci95_within": stats.ci95_rel, "threads": threads, "machine": load}
+            if self.device == "cpu" and threads and threads > 1 and machine.busy_reasons(load):
+                # Threads of one call wait on a sibling that other processes keep off a core.
+                how = "on 1 thread (other processes compete for the cores)"
+                prepared = self._prepare_again(prepared, module, ctx, 1, result)
+            else:
+                how = "for twice as long"
+            timing = time_again(self.benchmark, prepared.bind(batch), rules.longer(), companions, monitor.tick)
+            stats = timing.stats
+            stats.remeasured = {"how": how, "first": first}
+        self.companions = timing.companions
+        if companions is not None:
+            result["companions_ms"] = {name: c.as_dict() for name, c in timing.companions.items()}
+        result["machine"] = monitor.finish().as_dict()
+        # Between sessions: this cell, in this configuration, in earlier sessions on this machine.
+        parts = (*self._choice_parts(), result.get("threads"), result.get("provider"))
+        earlier = tuning.earlier_p50s(self.bench.cache, parts)
+        stats = stats.with_sessions(session_spread(earlier), len(earlier), rules.target_ci)
+        if stats.stable:
+            tuning.add_session(self.bench.cache, parts, {"p50": stats.p50, "ci95_within": stats.ci95_within,
+                                                         "load_before": result["machine"]["load_before"],
+                                                         "others_cpu": result["machine"]["others_cpu"]}, SESSION_HISTORY)
+        return stats, prepared
+
+    def _prepare_again(self, old: Prepared, module: torch.nn.Module, ctx: PrepareContext, threads: int,
+                       result: dict[str, Any]) -> Prepared:
+        old.close()
+        torch.set_num_threads(threads)
+        ctx.threads = threads
+        with torch.inference_mode(False):
+            prepared = self.backend.prepare(module, ctx)
+        result["threads"] = threads
+        result["provider"] = getattr(prepared, "provider", self.spec.backend)
+        return prepared
 
     def _device_memory(self) -> Any:
         if self.device != "cuda":
@@ -217,44 +280,65 @@ class CellRunner:
         return DeviceMemory(torch_allocator=bool(getattr(self.backend, "uses_torch_allocator", False)))
 
     # -- preparation and thread choice ------------------------------------------------------
-    def _thread_candidates(self) -> list[int]:
+    def _choice_parts(self) -> tuple:
+        """The cell, as remembered choices and earlier sessions are keyed (with the machine, in tuning.py)."""
+        return (self.model.key, self.spec.backend, self.spec.batch_size, self.spec.precision, self.device,
+                self.spec.dataset, tuple(self.model.info.input_shape))
+
+    def _thread_candidates(self) -> tuple[list[int], str]:
+        """Thread counts to prepare, the robust one (1) first, and where the choice comes from."""
         if self.device != "cpu":
-            return [torch.get_num_threads()]
+            return [torch.get_num_threads()], "device"
         if self.bench.settings.threads is not None:
-            return [self.bench.settings.threads]
+            return [self.bench.settings.threads], "option"
         if self._thread_key in self.bench.chosen_threads:
-            return [self.bench.chosen_threads[self._thread_key]]
+            return [self.bench.chosen_threads[self._thread_key]], "this session"
+        from . import tuning
+
+        record = tuning.remembered_choice(self.bench.cache, "threads", self._choice_parts(), self.bench.settings.reprobe)
+        if record is not None and isinstance(record["choice"], int) and record["choice"] >= 1:
+            return [record["choice"]], "remembered"
         from .environment import physical_cores
 
-        return sorted({physical_cores(), 1}, reverse=True)
+        cores = physical_cores()
+        return ([1, cores] if cores > 1 else [1]), "probed"
 
     @property
     def _thread_key(self) -> tuple:
         return (self.model.key, self.spec.backend, self.spec.batch_size, self.spec.precision, self.spec.dataset)
 
     def _prepare(self, module: torch.nn.Module, ctx: PrepareContext, batch: torch.Tensor, result: dict[str, Any]) -> Prepared:
-        """Prepare the model; on the CPU with --cnn-threads=auto, once per thread count, keeping the
-        faster after a short probe (one thread wins for small models and on a busy machine, where
-        threads waiting on each other cost milliseconds)."""
-        candidates = self._thread_candidates()
+        """Prepare the model; on the CPU with --cnn-threads=auto, with the thread count remembered
+        for this machine and cell, or else once per candidate (1 and one per physical core),
+        compared interleaved: more threads must be clearly faster to replace one thread, which
+        stays fast when other processes take a core (threads waiting on a descheduled sibling
+        cost milliseconds). The choice is remembered (tuning.py)."""
+        candidates, source = self._thread_candidates()
         options: dict[int, tuple[Prepared, float]] = {}
-        probes: dict[int, float] = {}
+        comparison = None
         try:
             for threads in candidates:
                 torch.set_num_threads(threads)
                 ctx.threads = threads
                 started = time.perf_counter()
                 options[threads] = (self.backend.prepare(module, ctx), time.perf_counter() - started)
-                if len(candidates) > 1:
-                    with torch.inference_mode():
-                        probes[threads] = probe(options[threads][0].bind(batch))
+            if len(candidates) > 1:
+                calls = {n: options[n][0].bind(batch) for n in candidates}
+                before = {n: (lambda n=n: torch.set_num_threads(n)) for n in candidates}
+                with torch.inference_mode():
+                    comparison = compare_interleaved(calls, before)
         except BaseException:
             for unused, _ in options.values():
                 unused.close()
             raise
-        threads = fastest(probes) if probes else candidates[0]
+        threads = comparison.choice if comparison is not None else candidates[0]
+        ctx.threads = threads
         if self.device == "cpu" and self.bench.settings.threads is None:
             self.bench.chosen_threads[self._thread_key] = threads
+            if comparison is not None:
+                from . import tuning
+
+                tuning.remember_choice(self.bench.cache, "threads", self._choice_parts(), threads, comparison.as_dict())
         prepared = options[threads][0]
         # The first preparation is the one that built (or loaded) the artifact: report its cost.
         first, prepare_s = options[candidates[0]]
@@ -262,9 +346,10 @@ class CellRunner:
             if other != threads:
                 unused.close()
         torch.set_num_threads(threads)
-        probes_ms = {str(n): seconds * 1000.0 for n, seconds in probes.items()}
-        result.update(threads=threads, thread_probe_ms=probes_ms or None, prepare_s=prepare_s,
-                      prepare_cached=bool(getattr(first, "cache_hit", False)))
+        probes_ms = {str(n): ms for n, ms in comparison.medians_ms.items()} if comparison is not None else None
+        result.update(threads=threads, thread_probe_ms=probes_ms, prepare_s=prepare_s,
+                      prepare_cached=bool(getattr(first, "cache_hit", False)),
+                      thread_choice={"source": source, "verdict": comparison.verdict if comparison is not None else None})
         return prepared
 
     def _time_on_device(self, result: dict[str, Any], call: Callable[[], Any], rules: TimingRules) -> None:

@@ -43,6 +43,7 @@ class CnnBenchSession:
             except ValueError as exc:
                 raise pytest.UsageError(f"--cnn-compare: {exc}") from None
         self.comparison: Any = None  # compare.Comparison, once the session finished
+        self.load_at_start: Optional[dict[str, Any]] = None  # machine.Load.as_dict(), sampled before the first cell
         self.written: list[Path] = []  # reports and charts written at the end
         self.output_errors: list[str] = []
 
@@ -79,6 +80,24 @@ class CnnBenchSession:
         elif report.when == "call":
             row["status"], row["reason"] = "passed", None
 
+    # -- the machine's load before timing starts ------------------------------------------
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Sample the machine's load once the cells are known and before any runs; warn when busy."""
+        if self.is_worker or self.config.option.collectonly or not session.items:
+            return
+        if not any("cnn_cell" in getattr(item, "fixturenames", ()) for item in session.items):
+            return
+        from . import machine
+
+        self.load_at_start = machine.sample().as_dict()
+        reasons = machine.busy_reasons(self.load_at_start)
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reasons and reporter is not None:
+            reporter.write_line(
+                f"cnnbench: WARNING: the machine is busy before timing starts ({'; '.join(reasons)}): "
+                f"{machine.describe(self.load_at_start)}. Timings will be noisier: expect wider ±ci and cells "
+                "flagged unstable; for figures to report, quiet the machine first.", yellow=True, bold=True)
+
     # -- reporting --------------------------------------------------------------------
     @property
     def results(self) -> list[dict[str, Any]]:
@@ -87,6 +106,8 @@ class CnnBenchSession:
     def environment(self) -> dict[str, Any]:
         if self._environment is None or len(self._environment.get("devices", [])) == 0:
             self._environment = self.config.hook.pytest_cnnbench_environment(config=self.config, results=self.results)
+            if isinstance(self._environment, dict) and self.load_at_start is not None:
+                self._environment.setdefault("load_at_start", self.load_at_start)
         return self._environment
 
     def options(self) -> dict[str, Any]:
@@ -172,10 +193,24 @@ class CnnBenchSession:
             tr.write_line(f"cnnbench: ERROR writing {error}", red=True, bold=True)
         if self.comparison is not None:
             self._summarize_comparison(tr)
+        self._summarize_unstable(tr)
         if self.settings.profile:
             from .table import format_profile
 
             tr.write_line(format_profile(self.results))
+
+    def _summarize_unstable(self, tr: Any) -> None:
+        from .machine import UNSTABLE_CI, unstable_message
+
+        unstable = [r for r in self.results if (r.get("latency_ms") or {}).get("stable") is False]
+        if not unstable:
+            return
+        tr.write_sep("-", f"cnnbench: {len(unstable)} unstable cell(s): stated spread above {UNSTABLE_CI:.0%} "
+                          "even after measuring again", yellow=True, bold=True)
+        for r in unstable:
+            tr.write_line(f"UNSTABLE {unstable_message(r)[len('unstable timing: '):]}", yellow=True)
+        tr.write_line("cnnbench: their p50s may be off by more than the table shows; quiet the machine (see README, "
+                      "\"How figures are measured\") or run with --cnn-strict to fail them")
 
     def _summarize_comparison(self, tr: Any) -> None:
         comparison = self.comparison

@@ -18,6 +18,7 @@ BROKEN_MARK = "!"
 
 
 FALLBACK_MARK = "†"
+UNSTABLE_MARK = "?"  # in the ±ci column: the cell's timing is unstable (latency_ms.stable is false)
 # Precisions eager PyTorch has no path for on a device: their rows' speedup is over eager fp32.
 EAGER_LACKS = {("cpu", "fp16"), ("cpu", "int8"), ("cuda", "int8")}
 
@@ -87,6 +88,12 @@ def _cost(r: dict[str, Any]) -> str:
     return text + RANDOM_MARK if r.get("accuracy_valid") is False else text
 
 
+def _spread(lat: dict[str, Any]) -> str:
+    if lat.get("ci95_rel") is None:
+        return "-"
+    return f"{100 * lat['ci95_rel']:.1f}%" + (UNSTABLE_MARK if lat.get("stable") is False else "")
+
+
 def _agreement(r: dict[str, Any]) -> str:
     a = r.get("agreement")
     if not a or r["backend"] == "eager":
@@ -117,7 +124,7 @@ def rows(results: list[dict[str, Any]]) -> list[list[str]]:
             r.get("threads") or "-",
             _pct(r.get("top1"), r.get("accuracy_valid")), _pct(r.get("top5"), r.get("accuracy_valid")),
             _agreement(r), _num(lat.get("p50"), ".3f"), _num(lat.get("p99"), ".3f"),
-            "-" if lat.get("ci95_rel") is None else f"{100 * lat['ci95_rel']:.1f}%",
+            _spread(lat),
             _num(r.get("throughput_ips"), ".1f"), _num(mem.get("host_peak"), ".0f"), _num(mem.get("device_peak"), ".0f"),
             prep_text, "-" if speed is None else f"{speed:.2f}x" + (FALLBACK_MARK if fallback else ""), _status(r),
         ])
@@ -188,6 +195,9 @@ def table_notes(results: list[dict[str, Any]]) -> list[str]:
         notes.append(f"{FALLBACK_MARK} speedup over eager fp32: eager has no path for this precision on this device")
     if shows_math(results):
         notes.append("math = what the GPU computed where it differs from prec (TF32: fp32 inputs rounded to 10-bit mantissas)")
+    if any((r.get("latency_ms") or {}).get("stable") is False for r in results):
+        notes.append(f"{UNSTABLE_MARK} unstable: ±ci above 10% even after measuring again; the p50 may be off by more "
+                     "(see the unstable cells below the table)")
     notes.append("speedup = eager p50 / p50, against eager in the same test; "
                  "agree = top-1 agreement with eager and max relative logit error; ±ci = 95% CI of the p50; (c) = artifact from cache")
     return notes

@@ -217,4 +217,4 @@ class Workbench:
         return PrepareContext(device=device, precision=precision or spec.precision, batch_size=spec.batch_size,
                               input_shape=model.info.input_shape, cache=self.cache, model_key=model.key, log=self.log,
                               calibration_method=self.settings.calibration_method,
-                              inductor_mode=self.settings.inductor_mode)
+                              inductor_mode=self.settings.inductor_mode, reprobe=self.settings.reprobe)

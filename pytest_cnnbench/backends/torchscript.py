@@ -4,8 +4,10 @@ The frozen archive is cached on disk; optimize_for_inference runs after loading,
 because its output (with MKLDNN-prepacked constants) does not survive save/load.
 optimize_for_inference speeds up large convolutions on the CPU but slows small
 models (layout conversions around every op: LeNet at batch size 1 ran at half of
-eager's speed with it), so both variants are probed and the faster one is kept, as
-one would by hand; the provider names the choice.
+eager's speed with it), so both variants are compared, interleaved, and the optimized one
+is kept only when it is clearly faster, as one would by hand; the provider names the
+choice. The choice is remembered per machine and cell (``tuning.py``), so later sessions
+measure the same variant.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Optional
 import torch
 
 from ..cache import hash_parts
-from ..measure import fastest, probe
+from ..measure import compare_interleaved
 from .base import PrepareContext, TorchPrepared, torch_dtype, torch_precision_reason
 
 
@@ -62,22 +64,31 @@ class TorchScriptBackend:
                                  path.stat().st_size, cache_hit=cache_hit)
 
     def _fastest(self, frozen: torch.jit.ScriptModule, ctx: PrepareContext) -> tuple[torch.jit.ScriptModule, str]:
-        example = torch.randn(ctx.batch_size, *ctx.input_shape, device=ctx.device, dtype=torch_dtype(ctx.precision))
-        variants = {"frozen": frozen}  # the default: optimize_for_inference must earn its place
+        """The remembered variant for this machine and cell, else both compared now (interleaved)
+        and the choice remembered. "frozen" is the default: optimize_for_inference must earn its place."""
+        from .. import tuning
+
+        parts = (ctx.model_key, ctx.device, ctx.precision, ctx.batch_size, tuple(ctx.input_shape),
+                 ctx.threads or torch.get_num_threads())
+        record = tuning.remembered_choice(ctx.cache, "torchscript-variant", parts, ctx.reprobe)
+        if record is not None and record["choice"] == "frozen":
+            return frozen, "frozen"
         try:
             # optimize_for_inference rewrites the module it is given: optimize a copy.
             buffer = io.BytesIO()
             torch.jit.save(frozen, buffer)
             buffer.seek(0)
-            variants["frozen+optimized"] = torch.jit.optimize_for_inference(torch.jit.load(buffer, map_location=ctx.device))
+            optimized = torch.jit.optimize_for_inference(torch.jit.load(buffer, map_location=ctx.device))
         except Exception as exc:  # some graphs do not survive the pass; the frozen one still runs
             ctx.log(f"cnnbench: optimize_for_inference failed ({type(exc).__name__}: {exc}); using the frozen module")
             return frozen, "frozen"
+        variants = {"frozen": frozen, "frozen+optimized": optimized}
+        if record is not None and record["choice"] in variants:
+            return variants[record["choice"]], record["choice"]
+        example = torch.randn(ctx.batch_size, *ctx.input_shape, device=ctx.device, dtype=torch_dtype(ctx.precision))
         sync = torch.cuda.synchronize if ctx.device == "cuda" else (lambda: None)
-        timings = {}
+        calls = {name: (lambda m=module: (m(example), sync())) for name, module in variants.items()}
         with torch.inference_mode():
-            for name, candidate in variants.items():
-                timings[name] = probe(lambda: (candidate(example), sync()))
-        best = fastest(timings)
-        return variants[best], best
-
+            comparison = compare_interleaved(calls)
+        tuning.remember_choice(ctx.cache, "torchscript-variant", parts, comparison.choice, comparison.as_dict())
+        return variants[comparison.choice], comparison.choice

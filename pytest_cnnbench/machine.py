@@ -1,0 +1,246 @@
+"""How busy the machine is: load average, CPU taken by other processes, steal time.
+
+Read from /proc (Linux); elsewhere only the load average is known and the other figures
+are None. No torch here: the session reads it before any cell runs.
+
+A ``Snapshot`` is cheap (one read of /proc/stat and of each process's stat line, a few
+milliseconds for a few hundred processes); two of them make a ``Load`` over the span
+between: the share of the machine's CPU time that other processes took, the share the
+hypervisor stole, and the busiest other processes by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+try:
+    _HZ = os.sysconf("SC_CLK_TCK")
+except (AttributeError, ValueError, OSError):  # pragma: no cover - non-POSIX
+    _HZ = 100
+
+UNSTABLE_CI = 0.10  # a stated spread above this (as pyperf's "may be unstable" at 10%) flags the cell
+BUSY_OTHERS = 0.25  # other processes take more than a quarter of the CPUs: busy
+BUSY_LOAD_PER_CPU = 1.0  # more runnable tasks than CPUs (1-minute average): busy
+BUSY_STEAL = 0.05  # the hypervisor takes more than 5% of the CPU time: busy
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def loadavg() -> Optional[tuple[float, float, float]]:
+    try:
+        return os.getloadavg()
+    except (AttributeError, OSError):
+        return None
+
+
+def _cpu_jiffies() -> Optional[dict[str, int]]:
+    """Machine-wide CPU time from /proc/stat's "cpu" line: total and steal (in clock ticks)."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    values = [int(v) for v in fields[1:]]
+    # user nice system idle iowait irq softirq steal guest guest_nice; guest time is already in user.
+    total = sum(values[:8])
+    steal = values[7] if len(values) > 7 else 0
+    return {"total": total, "steal": steal}
+
+
+def _process_ticks(own: set[int]) -> Optional[dict[int, tuple[str, int]]]:
+    """CPU ticks (user + system, all threads) of every other process: pid -> (name, ticks)."""
+    proc = Path("/proc")
+    if not (proc / "stat").exists():
+        return None
+    out: dict[int, tuple[str, int]] = {}
+    for entry in os.scandir(proc):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if pid in own:
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                raw = fh.read().decode("utf-8", "replace")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        close = raw.rfind(")")
+        if close < 0:
+            continue
+        name = raw[raw.find("(") + 1:close]
+        rest = raw[close + 2:].split()
+        try:
+            ticks = int(rest[11]) + int(rest[12])  # utime, stime (fields 14 and 15)
+        except (IndexError, ValueError):
+            continue
+        out[pid] = (name, ticks)
+    return out
+
+
+def _command(pid: int, name: str) -> str:
+    """A short, readable command for a process: its command line's first words, else its name."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return name
+    words = [w.decode("utf-8", "replace") for w in words if w]
+    if not words:
+        return name
+    words[0] = os.path.basename(words[0])
+    text = " ".join(" ".join(words).split())  # one line, however the arguments were spaced
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@dataclasses.dataclass
+class Snapshot:
+    when: float
+    load: Optional[tuple[float, float, float]]
+    cpu: Optional[dict[str, int]]
+    processes: Optional[dict[int, tuple[str, int]]]
+
+    @classmethod
+    def take(cls, processes: bool = True) -> "Snapshot":
+        own = {os.getpid()}
+        return cls(time.monotonic(), loadavg(), _cpu_jiffies(), _process_ticks(own) if processes else None)
+
+
+@dataclasses.dataclass
+class Load:
+    """What the machine did over a span; figures are None where this platform does not tell."""
+
+    cpus: int
+    load_before: Optional[float]  # 1-minute load average at the start of the span
+    load_during: Optional[float]  # 1-minute load average at its end (or the highest seen in between)
+    others_cpu: Optional[float]  # share of all CPUs' time taken by other processes (0..1)
+    steal: Optional[float]  # share of CPU time the hypervisor stole (0..1)
+    busiest: list[tuple[str, float]] = dataclasses.field(default_factory=list)  # other processes: (command, share of one CPU)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"cpus": self.cpus, "load_before": self.load_before, "load_during": self.load_during,
+                "others_cpu": self.others_cpu, "steal": self.steal,
+                "busiest": [{"command": c, "cpu": s} for c, s in self.busiest], "seconds": self.seconds}
+
+    @property
+    def busy(self) -> bool:
+        return bool(busy_reasons(self.as_dict()))
+
+
+def between(start: Snapshot, end: Snapshot, load_seen: Optional[float] = None, top: int = 3) -> Load:
+    """The load over ``start``..``end``; ``load_seen``: the highest 1-minute load average sampled between."""
+    cpus = cpu_count()
+    seconds = max(end.when - start.when, 1e-9)
+    during = end.load[0] if end.load else None
+    if load_seen is not None and during is not None:
+        during = max(during, load_seen)
+    steal = others = None
+    if start.cpu and end.cpu:
+        total = end.cpu["total"] - start.cpu["total"]
+        if total > 0:
+            steal = max(0.0, (end.cpu["steal"] - start.cpu["steal"]) / total)
+    busiest: list[tuple[str, float]] = []
+    if start.processes is not None and end.processes is not None:
+        capacity = seconds * _HZ * cpus
+        per: dict[int, float] = {}
+        for pid, (name, ticks) in end.processes.items():
+            before = start.processes.get(pid)
+            spent = ticks - before[1] if before is not None and before[0] == name else 0  # new processes: unknown share
+            if spent > 0:
+                per[pid] = spent
+        others = min(1.0, sum(per.values()) / capacity) if capacity > 0 else None
+        for pid in sorted(per, key=per.get, reverse=True)[:top]:
+            share = per[pid] / (seconds * _HZ)
+            if share >= 0.05:
+                busiest.append((_command(pid, end.processes[pid][0]), share))
+    return Load(cpus, start.load[0] if start.load else None, during, others, steal, busiest, seconds)
+
+
+def sample(seconds: float = 0.25) -> Load:
+    """The load over a short window from now (for the session's start)."""
+    start = Snapshot.take()
+    time.sleep(seconds)
+    return between(start, Snapshot.take())
+
+
+def busy_reasons(load: dict[str, Any]) -> list[str]:
+    """Why a load (``Load.as_dict()``) counts as busy; empty when it does not."""
+    reasons = []
+    cpus = load.get("cpus") or 1
+    la = load.get("load_before")
+    if la is not None and la > BUSY_LOAD_PER_CPU * cpus:
+        reasons.append(f"load average {la:.2f} on {cpus} CPUs")
+    if load.get("others_cpu") is not None and load["others_cpu"] > BUSY_OTHERS:
+        reasons.append(f"other processes use {load['others_cpu']:.0%} of the CPUs")
+    if load.get("steal") is not None and load["steal"] > BUSY_STEAL:
+        reasons.append(f"steal time {load['steal']:.1%}")
+    return reasons
+
+
+def describe(load: Optional[dict[str, Any]], threads: Optional[int] = None) -> str:
+    """One line for a person: load before and during, others' CPU share and who, steal, threads."""
+    if not load:
+        return "machine load not recorded"
+
+    def num(value: Optional[float], fmt: str) -> str:
+        return "?" if value is None else format(value, fmt)
+
+    parts = [f"load average {num(load.get('load_before'), '.2f')} before, {num(load.get('load_during'), '.2f')} during "
+             f"({load.get('cpus')} CPUs)"]
+    others = load.get("others_cpu")
+    text = f"other processes {num(others, '.0%')} of the CPUs"
+    if load.get("busiest"):
+        text += " (" + ", ".join(f"{b['command']} {b['cpu']:.0%}" for b in load["busiest"]) + ")"
+    parts.append(text)
+    parts.append(f"steal {num(load.get('steal'), '.1%')}")
+    if threads is not None:
+        parts.append(f"{threads} thread{'s' if threads != 1 else ''}")
+    return ", ".join(parts)
+
+
+class Monitor:
+    """The load over a cell's timing: a snapshot at the start, the 1-minute load average sampled
+    at each block boundary (``tick``, a cheap call), a snapshot at the end (``finish``)."""
+
+    def __init__(self) -> None:
+        self.start = Snapshot.take()
+        self.highest: Optional[float] = None
+
+    def tick(self) -> None:
+        la = loadavg()
+        if la is not None:
+            self.highest = la[0] if self.highest is None else max(self.highest, la[0])
+
+    def finish(self) -> Load:
+        return between(self.start, Snapshot.take(), self.highest)
+
+
+def cell_label(result: dict[str, Any]) -> str:
+    label = f"{result.get('model')}-{result.get('backend')}-bs{result.get('batch_size')}"
+    if result.get("precision") not in (None, "fp32"):
+        label += f"-{result['precision']}"
+    return label
+
+
+def unstable_message(result: dict[str, Any]) -> str:
+    """Why a cell counts as unstable, with what the machine did meanwhile (summary and --cnn-strict)."""
+    lat = result.get("latency_ms") or {}
+    again = lat.get("remeasured")
+    text = (f"unstable timing: {cell_label(result)} p50 {lat.get('p50', 0):.4g} ms, "
+            f"±{lat.get('ci95_rel', 0):.1%} > {UNSTABLE_CI:.0%}")
+    if lat.get("ci95_within") is not None and lat.get("ci95_sessions") is not None:
+        text += f" (within the session {lat['ci95_within']:.1%}, between sessions {lat['ci95_sessions']:.1%})"
+    if again:
+        first = again.get("first") or {}
+        text += f", measured again {again.get('how')} after a first ±{first.get('ci95_within', 0):.1%}"
+        if first.get("threads") is not None:
+            text += f" on {first['threads']} thread{'s' if first['threads'] != 1 else ''}"
+    return f"{text}; {describe(result.get('machine'), result.get('threads'))}"

@@ -1,0 +1,100 @@
+"""What the harness remembers between sessions, per machine and cell, in the artifact cache.
+
+- The thread count a probe chose for a cell, and the TorchScript variant, so a later session
+  on the same machine measures the same configuration instead of probing again (and perhaps
+  flipping on a near tie). A change of machine (CPU model, core count) or of the versions of
+  torch or ONNX Runtime changes the key, so the choice is probed again; ``--cnn-reprobe``
+  probes again regardless.
+- The p50 of each earlier session of a cell in a given configuration, from which the
+  between-session part of the stated spread is estimated (``measure.session_spread``).
+
+Records are small JSON files under ``<cache>/tuning/``, written atomically with a checksum
+like every artifact. No torch here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import uuid
+from typing import Any, Optional
+
+from .cache import ArtifactCache, CacheWarning, hash_parts
+from .environment import cpu_model, package_version, physical_cores
+from .machine import cpu_count
+
+KIND = "tuning"
+SESSION_ID = uuid.uuid4().hex[:12]  # this process: its own measurements are not "earlier sessions"
+
+
+def machine_identity() -> dict[str, Any]:
+    """What a remembered choice depends on besides the cell."""
+    return {
+        "cpu": cpu_model(),
+        "physical_cores": physical_cores(),
+        "cpus": cpu_count(),
+        "arch": platform.machine(),
+        "torch": package_version("torch"),
+        "onnxruntime": package_version("onnxruntime") or package_version("onnxruntime-gpu"),
+    }
+
+
+def record_key(kind: str, *parts: Any) -> str:
+    identity = machine_identity()
+    return hash_parts(kind, *(f"{k}={identity[k]}" for k in sorted(identity)), *(str(p) for p in parts))
+
+
+def load(cache: ArtifactCache, key: str) -> Optional[dict[str, Any]]:
+    path = cache.lookup(KIND, key, ".json")
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        cache.discard(path, f"not a JSON record: {exc}")
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def save(cache: ArtifactCache, key: str, data: dict[str, Any]) -> None:
+    text = json.dumps(data, indent=1, sort_keys=True)
+    try:
+        cache.store(KIND, key, ".json", lambda tmp: tmp.write_text(text))
+    except OSError as exc:  # a read-only cache must not fail the cell
+        import warnings
+
+        warnings.warn(CacheWarning(f"cnnbench: cannot remember {data.get('what', 'a choice')} in {cache.root}: {exc}"))
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def remembered_choice(cache: ArtifactCache, what: str, parts: tuple, reprobe: bool = False) -> Optional[dict[str, Any]]:
+    """The record of an earlier choice (``{"choice": ..., "evidence": ...}``) or None."""
+    if reprobe:
+        return None
+    record = load(cache, record_key(what, *parts))
+    return record if record and "choice" in record else None
+
+
+def remember_choice(cache: ArtifactCache, what: str, parts: tuple, choice: Any, evidence: dict[str, Any]) -> None:
+    save(cache, record_key(what, *parts), {"what": what, "choice": choice, "evidence": evidence, "when": now(),
+                                           "machine": machine_identity(), "cell": [str(p) for p in parts]})
+
+
+def earlier_p50s(cache: ArtifactCache, parts: tuple) -> list[float]:
+    """p50s (ms) of this cell and configuration in earlier sessions on this machine, oldest first."""
+    record = load(cache, record_key("sessions", *parts)) or {}
+    return [s["p50"] for s in record.get("sessions", []) if s.get("session") != SESSION_ID and s.get("p50")]
+
+
+def add_session(cache: ArtifactCache, parts: tuple, entry: dict[str, Any], keep: int) -> None:
+    key = record_key("sessions", *parts)
+    record = load(cache, key) or {"what": "sessions", "cell": [str(p) for p in parts], "sessions": []}
+    sessions = [s for s in record.get("sessions", []) if s.get("session") != SESSION_ID]
+    sessions.append({"session": SESSION_ID, "when": now(), **entry})
+    record["sessions"] = sessions[-keep:]
+    record["machine"] = machine_identity()
+    save(cache, key, record)

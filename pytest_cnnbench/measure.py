@@ -262,14 +262,20 @@ def plan_rounds(call: Callable[[], Any], rules: TimingRules) -> int:
     return plan_timing(call, rules).rounds
 
 
+COMPANION_CHUNK_S = 0.002  # companions alternate with the cell in chunks of about this long
+
+
 class BlockSchedule:
     """Runs between timed rounds (pytest-benchmark's untimed ``setup``): at each block's start,
-    the pause, the load sample (``on_block``), the companions' blocks, and the re-warming calls.
+    the pause, the load sample (``on_block``) and the re-warming calls; and the companions.
 
-    Companions are other calls timed in the same loop, a block of each before each of the
-    cell's blocks, so slow drift of the machine affects both alike (the self-checks compare
-    the plugin with a bare loop and with hand-tuned sessions this way). Torch's thread count
-    is restored after them.
+    Companions are other calls timed in the same loop as the cell: the cell's rounds come in
+    chunks of about ``COMPANION_CHUNK_S`` (one call for slow models), and before each chunk
+    every companion runs a chunk of the same size, so the machine's drift, even from one
+    millisecond to the next, affects both alike (the self-checks compare the plugin with a
+    bare loop and with hand-tuned sessions this way). Where calls are short, one untimed
+    call precedes each chunk after a switch (thread pools wake, caches refill); torch's
+    thread count is restored after the companions.
     """
 
     def __init__(self, call: Callable[[], Any], plan: Plan, companions: Optional[dict[str, Callable[[], Any]]] = None,
@@ -281,36 +287,49 @@ class BlockSchedule:
         self.rng = random.Random(seed)
         self.index = 0
         self.started: Optional[float] = None
-        self.rewarm = max(plan.rewarm, 1 if self.companions else 0)
+        self.chunk = max(1, min(plan.block_size, math.ceil(COMPANION_CHUNK_S / plan.per_call_s)))
+        self.switch_rewarm = 1 if plan.per_call_s < 0.005 else 0
 
     def __call__(self) -> None:
         i, self.index = self.index, self.index + 1
-        if i >= self.plan.rounds or i % self.plan.block_size:
+        if i >= self.plan.rounds:
             return
-        if i and self.plan.gap_s > 0:
-            time.sleep(self.plan.gap_s * self.rng.uniform(*GAP_JITTER))
-        if self.on_block is not None:
-            self.on_block()
-        if self.companions:
+        rewarm = 0
+        if i % self.plan.block_size == 0:
+            if i and self.plan.gap_s > 0:
+                time.sleep(self.plan.gap_s * self.rng.uniform(*GAP_JITTER))
+                rewarm = self.plan.rewarm
+            if self.on_block is not None:
+                self.on_block()
+        if self.companions and (i % self.plan.block_size) % self.chunk == 0:
+            size = min(self.chunk, self.plan.block_size - i % self.plan.block_size)
             threads = torch.get_num_threads()
-            order = list(self.companions)
-            for name in order if (i // self.plan.block_size) % 2 == 0 else order[::-1]:
-                companion, times = self.companions[name], self.companion_times[name]
-                for _ in range(self.rewarm):
+            for name, companion in self.companions.items():
+                times = self.companion_times[name]
+                for _ in range(max(rewarm, self.switch_rewarm)):
                     companion()
-                for _ in range(self.plan.block_size):
+                for _ in range(size):
                     started = time.perf_counter()
                     companion()
                     times.append(time.perf_counter() - started)
-            torch.set_num_threads(threads)
-        if i and self.plan.gap_s > 0 or self.companions:
-            for _ in range(self.rewarm):
-                self.call()
+            if torch.get_num_threads() != threads:  # setting it, even unchanged, disturbs the thread pool
+                torch.set_num_threads(threads)
+            rewarm = max(rewarm, self.switch_rewarm)
+        for _ in range(rewarm):
+            self.call()
         if i == 0:
             self.started = time.perf_counter()
 
     def span(self) -> Optional[float]:
         return None if self.started is None else time.perf_counter() - self.started
+
+    def chunks(self) -> list[tuple[int, int]]:
+        """(start, end) round indices of the chunks that alternated with the companions."""
+        out = []
+        for block in range(0, self.plan.rounds, self.plan.block_size):
+            end = min(block + self.plan.block_size, self.plan.rounds)
+            out += [(start, min(start + self.chunk, end)) for start in range(block, end, self.chunk)]
+        return out
 
 
 @dataclasses.dataclass
@@ -318,15 +337,26 @@ class Timing:
     stats: LatencyStats
     plan: Plan
     companions: dict[str, LatencyStats]
+    # Per companion: the cell's time over the companion's, chunk by chunk (the median of the
+    # ratios of chunk medians, which drift between chunks cannot bias), and the number of chunks.
+    paired: dict[str, tuple[float, int]] = dataclasses.field(default_factory=dict)
 
 
 def _summarize(schedule: BlockSchedule, seconds: list[float], rules: TimingRules) -> Timing:
     plan = schedule.plan
     blocks = plan.blocks if plan.blocks >= 3 else 0
     stats = latency_stats(seconds, rules.target_ci, blocks=blocks, span_s=schedule.span())
-    companions = {name: latency_stats(times, rules.target_ci, blocks=blocks)
-                  for name, times in schedule.companion_times.items() if times}
-    return Timing(stats, plan, companions)
+    companions, paired = {}, {}
+    for name, times in schedule.companion_times.items():
+        if not times:
+            continue
+        companions[name] = latency_stats(times, rules.target_ci, blocks=blocks)
+        if len(times) == len(seconds):
+            logs = [math.log(statistics.median(seconds[a:b]) / statistics.median(times[a:b]))
+                    for a, b in schedule.chunks() if min(seconds[a:b]) > 0 and min(times[a:b]) > 0]
+            if logs:
+                paired[name] = (math.exp(statistics.median(logs)), len(logs))
+    return Timing(stats, plan, companions, paired)
 
 
 def time_with_benchmark(benchmark: Any, call: Callable[[], Any], rules: TimingRules,

@@ -122,13 +122,15 @@ class CellRunner:
         self.reference_top1: Optional[float] = None
         self.backend = registry.backends.create(spec.backend)
         self.companions: dict[str, LatencyStats] = {}
+        self.paired: dict[str, tuple[float, int]] = {}  # companion -> (cell / companion time, chunk by chunk; chunks)
 
     def run(self, companions: Optional[dict[str, Callable[[], Any]]] = None) -> dict[str, Any]:
         """Prepare, evaluate accuracy, time, measure memory; record and return the result dict.
 
-        ``companions``: other calls to time in the same loop as the cell, a block of each
-        before each of its blocks (see ``measure.BlockSchedule``); their figures land in
-        ``self.companions`` and the result's ``companions_ms``. The self-checks use them.
+        ``companions``: other calls to time in the same loop as the cell, alternating with it
+        in short chunks (see ``measure.BlockSchedule``); their figures land in
+        ``self.companions``, the cell's time over each companion's, chunk by chunk, in
+        ``self.paired``, and both in the result's ``companions_ms``. The self-checks use them.
         """
         if self.result is not None:
             return self.result
@@ -229,18 +231,20 @@ class CellRunner:
             timing = time_again(self.benchmark, prepared.bind(batch), rules.longer(), companions, monitor.tick)
             stats = timing.stats
             stats.remeasured = {"how": how, "first": first}
-        self.companions = timing.companions
+        self.companions, self.paired = timing.companions, timing.paired
         if companions is not None:
-            result["companions_ms"] = {name: c.as_dict() for name, c in timing.companions.items()}
+            result["companions_ms"] = {name: {**c.as_dict(), "paired_ratio": timing.paired.get(name, (None,))[0]}
+                                       for name, c in timing.companions.items()}
         result["machine"] = monitor.finish().as_dict()
         # Between sessions: this cell, in this configuration, in earlier sessions on this machine.
         parts = (*self._choice_parts(), result.get("threads"), result.get("provider"))
         earlier = tuning.earlier_p50s(self.bench.cache, parts)
         stats = stats.with_sessions(session_spread(earlier), len(earlier), rules.target_ci)
-        if stats.stable:
-            tuning.add_session(self.bench.cache, parts, {"p50": stats.p50, "ci95_within": stats.ci95_within,
-                                                         "load_before": result["machine"]["load_before"],
-                                                         "others_cpu": result["machine"]["others_cpu"]}, SESSION_HISTORY)
+        # Every session counts, unstable ones too: leaving out the sessions that strayed would
+        # understate how far sessions stray.
+        tuning.add_session(self.bench.cache, parts, {"p50": stats.p50, "ci95_within": stats.ci95_within,
+                                                     "stable": stats.stable, "load_before": result["machine"]["load_before"],
+                                                     "others_cpu": result["machine"]["others_cpu"]}, SESSION_HISTORY)
         return stats, prepared
 
     def _prepare_again(self, old: Prepared, module: torch.nn.Module, ctx: PrepareContext, threads: int,

@@ -270,3 +270,19 @@ def test_earlier_sessions_exclude_this_one_and_keep_the_latest(tmp_path, monkeyp
     tuning.add_session(cache, parts, {"p50": 9.0}, keep=3)  # this session again: replaces its own entry
     monkeypatch.setattr(tuning, "SESSION_ID", "later")
     assert tuning.earlier_p50s(cache, parts) == [3.0, 4.0, 9.0]
+
+
+def test_paired_ratio_cancels_drift_between_chunks():
+    """The machine slows down threefold every other 30 ms: chunk by chunk, the cell's time over its
+    companion's is still the true ratio (2)."""
+    started = time.perf_counter()
+
+    def factor() -> float:
+        return 3.0 if int((time.perf_counter() - started) / 0.03) % 2 else 1.0
+
+    rules = measure.TimingRules(warmup=1, min_rounds=200, max_rounds=400, max_time=0.6, min_time=0.3)
+    timing = measure.time_with_benchmark(FakeBenchmark(), lambda: busy_wait(0.0004 * factor()), rules,
+                                         companions={"half": lambda: busy_wait(0.0002 * factor())})
+    ratio, chunks = timing.paired["half"]
+    assert chunks >= 10
+    assert ratio == pytest.approx(2.0, rel=0.1)

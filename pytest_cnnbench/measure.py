@@ -36,10 +36,10 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from .machine import UNSTABLE_CI  # noqa: F401  (re-exported: the threshold belongs with the timing rules)
+from .machine import UNSTABLE_CI, pace_probe  # UNSTABLE_CI re-exported: the threshold belongs with the timing rules
 
 PILOT_CALLS = 30
-BLOCKS = 10  # timed blocks per cell (9 degrees of freedom for the between-block spread)
+BLOCKS = 20  # timed blocks per cell (19 degrees of freedom for the between-block spread)
 MIN_BLOCK_CALLS = 3  # fewer calls than this per block: one block, order statistics only
 REWARM_S = 0.002  # untimed calls after each pause: at least one, or about this long
 GAP_JITTER = (0.5, 1.5)  # pauses vary by this factor, so blocks do not lock onto a periodic neighbour
@@ -72,7 +72,7 @@ class TimingRules:
     max_rounds: int = 5000
     max_time: float = 5.0  # cap on the timed loop (calls and pauses), seconds
     target_ci: float = 0.02  # enough rounds to pin the median within +-2% (within the session)
-    min_time: float = 1.0  # the timed blocks span at least this long (capped by max_time)
+    min_time: float = 3.0  # the timed blocks span at least this long (capped by max_time)
     blocks: int = BLOCKS
 
     def longer(self, factor: float = 2.0) -> "TimingRules":
@@ -97,6 +97,7 @@ class LatencyStats:
     span_s: Optional[float] = None  # wall time from the first timed block's start to the last one's end
     ci95_within: Optional[float] = None  # this session: block bootstrap (or order statistics), the wider
     ci95_sessions: Optional[float] = None  # between sessions (None: not applied)
+    ci95_pace: Optional[float] = None  # how far the machine's pace strayed from its usual during the cell (0: within tolerance)
     sessions: Optional[int] = None  # earlier sessions the between-session term rests on (0: the prior alone)
     stable: Optional[bool] = None  # ci95_rel <= UNSTABLE_CI (None: not judged)
     remeasured: Optional[dict[str, Any]] = None  # why and what the first attempt gave, when measured twice
@@ -104,11 +105,12 @@ class LatencyStats:
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def with_sessions(self, half_width: float, sessions: int, target_ci: float = math.inf) -> "LatencyStats":
-        """Add the between-session term and judge stability."""
+    def with_sessions(self, half_width: float, sessions: int, target_ci: float = math.inf,
+                      pace_term: float = 0.0) -> "LatencyStats":
+        """Add the between-session term (and the pace term, see ``pace_spread``) and judge stability."""
         within = self.ci95_within if self.ci95_within is not None else self.ci95_rel
-        total = math.hypot(within, half_width)
-        return dataclasses.replace(self, ci95_rel=total, ci95_sessions=half_width, sessions=sessions,
+        total = math.sqrt(within ** 2 + half_width ** 2 + pace_term ** 2)
+        return dataclasses.replace(self, ci95_rel=total, ci95_sessions=half_width, sessions=sessions, ci95_pace=pace_term,
                                    converged=within <= target_ci, stable=total <= UNSTABLE_CI)
 
 
@@ -210,6 +212,18 @@ def session_spread(earlier_p50s: list[float], prior_sd: float = SESSION_PRIOR_SD
     return t975(prior_weight + dof) * math.sqrt(variance)
 
 
+def pace_spread(pace: Optional[float], tolerance: float = 0.10) -> float:
+    """The spread a cell's p50 owes to the machine running off its usual pace: the pace's
+    deviation (pace 1.6 -> 0.6) once beyond ``tolerance`` (the probe's own noise), else 0.
+
+    A cell timed while the whole machine ran 1.6x slower has a p50 about that much above what
+    a session at the usual pace measures, however tight its blocks agree."""
+    if not pace or pace <= 0:
+        return 0.0
+    deviation = max(pace, 1 / pace) - 1
+    return deviation if deviation > tolerance else 0.0
+
+
 def _timed_calls(call: Callable[[], Any], count: int, budget: float) -> list[float]:
     times: list[float] = []
     deadline = time.perf_counter() + budget
@@ -262,20 +276,22 @@ def plan_rounds(call: Callable[[], Any], rules: TimingRules) -> int:
     return plan_timing(call, rules).rounds
 
 
-COMPANION_CHUNK_S = 0.002  # companions alternate with the cell in chunks of about this long
+CHUNK_S = 0.003  # the pace probe and companions run before each chunk of about this long (or one call)
 
 
 class BlockSchedule:
     """Runs between timed rounds (pytest-benchmark's untimed ``setup``): at each block's start,
-    the pause, the load sample (``on_block``) and the re-warming calls; and the companions.
+    the pause, the load sample (``on_block``) and the re-warming calls; before each chunk of
+    rounds, the pace probe and the companions.
 
-    Companions are other calls timed in the same loop as the cell: the cell's rounds come in
-    chunks of about ``COMPANION_CHUNK_S`` (one call for slow models), and before each chunk
-    every companion runs a chunk of the same size, so the machine's drift, even from one
-    millisecond to the next, affects both alike (the self-checks compare the plugin with a
-    bare loop and with hand-tuned sessions this way). Where calls are short, one untimed
-    call precedes each chunk after a switch (thread pools wake, caches refill); torch's
-    thread count is restored after the companions.
+    The cell's rounds come in chunks of about ``CHUNK_S`` (one call for slow models). Before
+    each chunk the machine's pace is probed (``machine.pace_probe``, a fixed loop, about
+    60 us), so the cell knows how fast the machine ran while it was timed; and every
+    companion (other calls timed in the same loop as the cell) runs a chunk of the same
+    size, so the machine's drift, even from one millisecond to the next, affects both alike
+    (the self-checks compare the plugin with a bare loop and with hand-tuned sessions this
+    way). Where calls are short, one untimed call precedes each chunk after the switch
+    (thread pools wake, caches refill); torch's thread count is restored after companions.
     """
 
     def __init__(self, call: Callable[[], Any], plan: Plan, companions: Optional[dict[str, Callable[[], Any]]] = None,
@@ -283,11 +299,12 @@ class BlockSchedule:
         self.call, self.plan = call, plan
         self.companions = dict(companions or {})
         self.companion_times: dict[str, list[float]] = {name: [] for name in self.companions}
+        self.pace: list[float] = []  # pace probe before each chunk, seconds
         self.on_block = on_block
         self.rng = random.Random(seed)
         self.index = 0
         self.started: Optional[float] = None
-        self.chunk = max(1, min(plan.block_size, math.ceil(COMPANION_CHUNK_S / plan.per_call_s)))
+        self.chunk = max(1, min(plan.block_size, math.ceil(CHUNK_S / plan.per_call_s)))
         self.switch_rewarm = 1 if plan.per_call_s < 0.005 else 0
 
     def __call__(self) -> None:
@@ -301,7 +318,8 @@ class BlockSchedule:
                 rewarm = self.plan.rewarm
             if self.on_block is not None:
                 self.on_block()
-        if self.companions and (i % self.plan.block_size) % self.chunk == 0:
+        if (i % self.plan.block_size) % self.chunk == 0:
+            self.pace.append(pace_probe())
             size = min(self.chunk, self.plan.block_size - i % self.plan.block_size)
             threads = torch.get_num_threads()
             for name, companion in self.companions.items():
@@ -340,6 +358,7 @@ class Timing:
     # Per companion: the cell's time over the companion's, chunk by chunk (the median of the
     # ratios of chunk medians, which drift between chunks cannot bias), and the number of chunks.
     paired: dict[str, tuple[float, int]] = dataclasses.field(default_factory=dict)
+    pace: list[float] = dataclasses.field(default_factory=list)  # the pace probe before each chunk, seconds
 
 
 def _summarize(schedule: BlockSchedule, seconds: list[float], rules: TimingRules) -> Timing:
@@ -356,7 +375,7 @@ def _summarize(schedule: BlockSchedule, seconds: list[float], rules: TimingRules
                     for a, b in schedule.chunks() if min(seconds[a:b]) > 0 and min(times[a:b]) > 0]
             if logs:
                 paired[name] = (math.exp(statistics.median(logs)), len(logs))
-    return Timing(stats, plan, companions, paired)
+    return Timing(stats, plan, companions, paired, list(schedule.pace))
 
 
 def time_with_benchmark(benchmark: Any, call: Callable[[], Any], rules: TimingRules,

@@ -51,7 +51,7 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
                              "instead of passing them with a note", None),
     "cnn-min-top1": ("top-1 floors (fractions) on datasets other than the full ImageNet validation set, e.g. resnet50:0.75,alexnet:0.5", None),
     "cnn-min-time": ("the timed blocks of each cell span at least this many seconds (pauses between them; capped by "
-                     "--cnn-max-time), so they sample the machine at different moments", "1.0"),
+                     "--cnn-max-time), so they sample the machine at different moments", "3.0"),
     "cnn-strict": ("fail cells whose timing is unstable (stated spread above 10% even after measuring again) "
                    "instead of passing them with a mark", None),
     "cnn-reprobe": ("probe thread counts and TorchScript variants again instead of using the choices remembered "
@@ -173,7 +173,7 @@ class Settings:
     model_names: Optional[tuple[str, ...]] = None
     selfcheck: bool = False
     require_accuracy: bool = False
-    min_time: float = 1.0  # the timed blocks span at least this long (capped by max_time)
+    min_time: float = 3.0  # the timed blocks span at least this long (capped by max_time)
     strict: bool = False  # unstable cells fail
     reprobe: bool = False  # ignore remembered thread counts and TorchScript variants
 

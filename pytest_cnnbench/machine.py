@@ -1,7 +1,16 @@
-"""How busy the machine is: load average, CPU taken by other processes, steal time.
+"""How busy the machine is: load average, CPU taken by other processes, steal time, and its pace.
 
 Read from /proc (Linux); elsewhere only the load average is known and the other figures
 are None. No torch here: the session reads it before any cell runs.
+
+The *pace* is how long a fixed pure-Python loop takes right now (``pace_probe``). On a
+shared machine whole stretches of seconds run 1.5-2x slower for every process alike (the
+other hardware thread of the core, or another guest on the host, is busy; the kernel
+inside the guest sees no steal time and no load of its own). Measured here, LeNet's calls
+and this loop slowed together: interleaved every 2 ms, the logs of their 50-ms medians
+correlated at 0.96 (eager) and 0.98 (ONNX Runtime). The timed loop runs the probe before
+each chunk of calls, so a cell knows whether it ran at the machine's usual pace
+(``PaceReference``: the 10th percentile of the probes this process and earlier sessions saw).
 
 A ``Snapshot`` is cheap (one read of /proc/stat and of each process's stat line, a few
 milliseconds for a few hundred processes); two of them make a ``Load`` over the span
@@ -124,11 +133,14 @@ class Load:
     steal: Optional[float]  # share of CPU time the hypervisor stole (0..1)
     busiest: list[tuple[str, float]] = dataclasses.field(default_factory=list)  # other processes: (command, share of one CPU)
     seconds: float = 0.0
+    pace: Optional[float] = None  # the pace probe's median over its usual (1.0: usual; 1.6: 60% slower)
+    pace_probe_us: Optional[float] = None  # the pace probe's median, microseconds
 
     def as_dict(self) -> dict[str, Any]:
         return {"cpus": self.cpus, "load_before": self.load_before, "load_during": self.load_during,
                 "others_cpu": self.others_cpu, "steal": self.steal,
-                "busiest": [{"command": c, "cpu": s} for c, s in self.busiest], "seconds": self.seconds}
+                "busiest": [{"command": c, "cpu": s} for c, s in self.busiest], "seconds": self.seconds,
+                "pace": self.pace, "pace_probe_us": self.pace_probe_us}
 
     @property
     def busy(self) -> bool:
@@ -164,11 +176,78 @@ def between(start: Snapshot, end: Snapshot, load_seen: Optional[float] = None, t
     return Load(cpus, start.load[0] if start.load else None, during, others, steal, busiest, seconds)
 
 
+PACE_LOOP = 500  # iterations of the pace probe's loop: about 20 microseconds
+PACE_TOLERANCE = 0.10  # a cell's median probe within this of the reference: the machine's usual pace
+
+
+def _pace_loop() -> float:
+    started = time.perf_counter()
+    total = 0
+    for i in range(PACE_LOOP):
+        total += i * i
+    return time.perf_counter() - started
+
+
+def pace_probe() -> float:
+    """Seconds for a fixed pure-Python loop: the machine's pace right now (longer when it is slowed).
+
+    The loop runs three times and the faster of the last two counts: the first run pays for
+    whatever ran before (measured here: 22-28 us after a model call or a sleep, 19.6-20.6 us
+    for the next runs whatever came before)."""
+    _pace_loop()
+    return min(_pace_loop(), _pace_loop())
+
+
+class PaceReference:
+    """The machine's usual pace: the 10th percentile of the probes this process has seen,
+    or of earlier sessions' (``remembered``, their median), whichever is faster."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self.remembered: list[float] = []  # earlier sessions' 10th percentiles (tuning.py fills it)
+
+    def add(self, samples: list[float]) -> None:
+        self.samples.extend(s for s in samples if s > 0)
+
+    def own(self) -> Optional[float]:
+        if len(self.samples) < 10:
+            return None
+        return sorted(self.samples)[len(self.samples) // 10]
+
+    def reference(self) -> Optional[float]:
+        candidates = [v for v in (self.own(), _median(self.remembered)) if v]
+        return min(candidates) if candidates else None
+
+
+def _median(values: list[float]) -> Optional[float]:
+    if not values:
+        return None
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+PACE = PaceReference()  # per process: the session's probes accumulate here
+
+
+def pace_of(samples: list[float], reference: Optional[float]) -> Optional[float]:
+    """How much slower than usual the machine ran over ``samples`` (their median over the reference)."""
+    if not samples or not reference:
+        return None
+    return _median(samples) / reference
+
+
 def sample(seconds: float = 0.25) -> Load:
-    """The load over a short window from now (for the session's start)."""
+    """The load over a short window from now (for the session's start), probing the pace meanwhile."""
     start = Snapshot.take()
-    time.sleep(seconds)
-    return between(start, Snapshot.take())
+    probes, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        probes.append(pace_probe())
+        time.sleep(0.004)
+    PACE.add(probes)
+    load = between(start, Snapshot.take())
+    load.pace_probe_us = (_median(probes) or 0) * 1e6 or None
+    return load
 
 
 def busy_reasons(load: dict[str, Any]) -> list[str]:
@@ -201,6 +280,10 @@ def describe(load: Optional[dict[str, Any]], threads: Optional[int] = None) -> s
         text += " (" + ", ".join(f"{b['command']} {b['cpu']:.0%}" for b in load["busiest"]) + ")"
     parts.append(text)
     parts.append(f"steal {num(load.get('steal'), '.1%')}")
+    if load.get("pace") is not None:
+        pace = load["pace"]
+        parts.append(f"a reference loop took {pace:.2f}x its usual time" + (" (the machine ran slow)" if pace > 1 + PACE_TOLERANCE
+                                                                           else ""))
     if threads is not None:
         parts.append(f"{threads} thread{'s' if threads != 1 else ''}")
     return ", ".join(parts)

@@ -36,10 +36,10 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from .machine import UNSTABLE_CI  # noqa: F401  (re-exported: the threshold belongs with the timing rules)
+from .machine import UNSTABLE_CI, pace_probe  # UNSTABLE_CI re-exported: the threshold belongs with the timing rules
 
 PILOT_CALLS = 30
-BLOCKS = 10  # timed blocks per cell (9 degrees of freedom for the between-block spread)
+BLOCKS = 20  # timed blocks per cell (19 degrees of freedom for the between-block spread)
 MIN_BLOCK_CALLS = 3  # fewer calls than this per block: one block, order statistics only
 REWARM_S = 0.002  # untimed calls after each pause: at least one, or about this long
 GAP_JITTER = (0.5, 1.5)  # pauses vary by this factor, so blocks do not lock onto a periodic neighbour
@@ -72,7 +72,7 @@ class TimingRules:
     max_rounds: int = 5000
     max_time: float = 5.0  # cap on the timed loop (calls and pauses), seconds
     target_ci: float = 0.02  # enough rounds to pin the median within +-2% (within the session)
-    min_time: float = 1.0  # the timed blocks span at least this long (capped by max_time)
+    min_time: float = 3.0  # the timed blocks span at least this long (capped by max_time)
     blocks: int = BLOCKS
 
     def longer(self, factor: float = 2.0) -> "TimingRules":
@@ -97,6 +97,7 @@ class LatencyStats:
     span_s: Optional[float] = None  # wall time from the first timed block's start to the last one's end
     ci95_within: Optional[float] = None  # this session: block bootstrap (or order statistics), the wider
     ci95_sessions: Optional[float] = None  # between sessions (None: not applied)
+    ci95_pace: Optional[float] = None  # how far the machine's pace strayed from its usual during the cell (0: within tolerance)
     sessions: Optional[int] = None  # earlier sessions the between-session term rests on (0: the prior alone)
     stable: Optional[bool] = None  # ci95_rel <= UNSTABLE_CI (None: not judged)
     remeasured: Optional[dict[str, Any]] = None  # why and what the first attempt gave, when measured twice
@@ -104,11 +105,12 @@ class LatencyStats:
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def with_sessions(self, half_width: float, sessions: int, target_ci: float = math.inf) -> "LatencyStats":
-        """Add the between-session term and judge stability."""
+    def with_sessions(self, half_width: float, sessions: int, target_ci: float = math.inf,
+                      pace_term: float = 0.0) -> "LatencyStats":
+        """Add the between-session term (and the pace term, see ``pace_spread``) and judge stability."""
         within = self.ci95_within if self.ci95_within is not None else self.ci95_rel
-        total = math.hypot(within, half_width)
-        return dataclasses.replace(self, ci95_rel=total, ci95_sessions=half_width, sessions=sessions,
+        total = math.sqrt(within ** 2 + half_width ** 2 + pace_term ** 2)
+        return dataclasses.replace(self, ci95_rel=total, ci95_sessions=half_width, sessions=sessions, ci95_pace=pace_term,
                                    converged=within <= target_ci, stable=total <= UNSTABLE_CI)
 
 
@@ -210,6 +212,18 @@ def session_spread(earlier_p50s: list[float], prior_sd: float = SESSION_PRIOR_SD
     return t975(prior_weight + dof) * math.sqrt(variance)
 
 
+def pace_spread(pace: Optional[float], tolerance: float = 0.10) -> float:
+    """The spread a cell's p50 owes to the machine running off its usual pace: the pace's
+    deviation (pace 1.6 -> 0.6) once beyond ``tolerance`` (the probe's own noise), else 0.
+
+    A cell timed while the whole machine ran 1.6x slower has a p50 about that much above what
+    a session at the usual pace measures, however tight its blocks agree."""
+    if not pace or pace <= 0:
+        return 0.0
+    deviation = max(pace, 1 / pace) - 1
+    return deviation if deviation > tolerance else 0.0
+
+
 def _timed_calls(call: Callable[[], Any], count: int, budget: float) -> list[float]:
     times: list[float] = []
     deadline = time.perf_counter() + budget
@@ -262,14 +276,22 @@ def plan_rounds(call: Callable[[], Any], rules: TimingRules) -> int:
     return plan_timing(call, rules).rounds
 
 
+CHUNK_S = 0.003  # the pace probe and companions run before each chunk of about this long (or one call)
+
+
 class BlockSchedule:
     """Runs between timed rounds (pytest-benchmark's untimed ``setup``): at each block's start,
-    the pause, the load sample (``on_block``), the companions' blocks, and the re-warming calls.
+    the pause, the load sample (``on_block``) and the re-warming calls; before each chunk of
+    rounds, the pace probe and the companions.
 
-    Companions are other calls timed in the same loop, a block of each before each of the
-    cell's blocks, so slow drift of the machine affects both alike (the self-checks compare
-    the plugin with a bare loop and with hand-tuned sessions this way). Torch's thread count
-    is restored after them.
+    The cell's rounds come in chunks of about ``CHUNK_S`` (one call for slow models). Before
+    each chunk the machine's pace is probed (``machine.pace_probe``, a fixed loop, about
+    60 us), so the cell knows how fast the machine ran while it was timed; and every
+    companion (other calls timed in the same loop as the cell) runs a chunk of the same
+    size, so the machine's drift, even from one millisecond to the next, affects both alike
+    (the self-checks compare the plugin with a bare loop and with hand-tuned sessions this
+    way). Where calls are short, one untimed call precedes each chunk after the switch
+    (thread pools wake, caches refill); torch's thread count is restored after companions.
     """
 
     def __init__(self, call: Callable[[], Any], plan: Plan, companions: Optional[dict[str, Callable[[], Any]]] = None,
@@ -277,40 +299,55 @@ class BlockSchedule:
         self.call, self.plan = call, plan
         self.companions = dict(companions or {})
         self.companion_times: dict[str, list[float]] = {name: [] for name in self.companions}
+        self.pace: list[float] = []  # pace probe before each chunk, seconds
         self.on_block = on_block
         self.rng = random.Random(seed)
         self.index = 0
         self.started: Optional[float] = None
-        self.rewarm = max(plan.rewarm, 1 if self.companions else 0)
+        self.chunk = max(1, min(plan.block_size, math.ceil(CHUNK_S / plan.per_call_s)))
+        self.switch_rewarm = 1 if plan.per_call_s < 0.005 else 0
 
     def __call__(self) -> None:
         i, self.index = self.index, self.index + 1
-        if i >= self.plan.rounds or i % self.plan.block_size:
+        if i >= self.plan.rounds:
             return
-        if i and self.plan.gap_s > 0:
-            time.sleep(self.plan.gap_s * self.rng.uniform(*GAP_JITTER))
-        if self.on_block is not None:
-            self.on_block()
-        if self.companions:
+        rewarm = 0
+        if i % self.plan.block_size == 0:
+            if i and self.plan.gap_s > 0:
+                time.sleep(self.plan.gap_s * self.rng.uniform(*GAP_JITTER))
+                rewarm = self.plan.rewarm
+            if self.on_block is not None:
+                self.on_block()
+        if (i % self.plan.block_size) % self.chunk == 0:
+            self.pace.append(pace_probe())
+            size = min(self.chunk, self.plan.block_size - i % self.plan.block_size)
             threads = torch.get_num_threads()
-            order = list(self.companions)
-            for name in order if (i // self.plan.block_size) % 2 == 0 else order[::-1]:
-                companion, times = self.companions[name], self.companion_times[name]
-                for _ in range(self.rewarm):
+            for name, companion in self.companions.items():
+                times = self.companion_times[name]
+                for _ in range(max(rewarm, self.switch_rewarm)):
                     companion()
-                for _ in range(self.plan.block_size):
+                for _ in range(size):
                     started = time.perf_counter()
                     companion()
                     times.append(time.perf_counter() - started)
-            torch.set_num_threads(threads)
-        if i and self.plan.gap_s > 0 or self.companions:
-            for _ in range(self.rewarm):
-                self.call()
+            if torch.get_num_threads() != threads:  # setting it, even unchanged, disturbs the thread pool
+                torch.set_num_threads(threads)
+            rewarm = max(rewarm, self.switch_rewarm)
+        for _ in range(rewarm):
+            self.call()
         if i == 0:
             self.started = time.perf_counter()
 
     def span(self) -> Optional[float]:
         return None if self.started is None else time.perf_counter() - self.started
+
+    def chunks(self) -> list[tuple[int, int]]:
+        """(start, end) round indices of the chunks that alternated with the companions."""
+        out = []
+        for block in range(0, self.plan.rounds, self.plan.block_size):
+            end = min(block + self.plan.block_size, self.plan.rounds)
+            out += [(start, min(start + self.chunk, end)) for start in range(block, end, self.chunk)]
+        return out
 
 
 @dataclasses.dataclass
@@ -318,15 +355,27 @@ class Timing:
     stats: LatencyStats
     plan: Plan
     companions: dict[str, LatencyStats]
+    # Per companion: the cell's time over the companion's, chunk by chunk (the median of the
+    # ratios of chunk medians, which drift between chunks cannot bias), and the number of chunks.
+    paired: dict[str, tuple[float, int]] = dataclasses.field(default_factory=dict)
+    pace: list[float] = dataclasses.field(default_factory=list)  # the pace probe before each chunk, seconds
 
 
 def _summarize(schedule: BlockSchedule, seconds: list[float], rules: TimingRules) -> Timing:
     plan = schedule.plan
     blocks = plan.blocks if plan.blocks >= 3 else 0
     stats = latency_stats(seconds, rules.target_ci, blocks=blocks, span_s=schedule.span())
-    companions = {name: latency_stats(times, rules.target_ci, blocks=blocks)
-                  for name, times in schedule.companion_times.items() if times}
-    return Timing(stats, plan, companions)
+    companions, paired = {}, {}
+    for name, times in schedule.companion_times.items():
+        if not times:
+            continue
+        companions[name] = latency_stats(times, rules.target_ci, blocks=blocks)
+        if len(times) == len(seconds):
+            logs = [math.log(statistics.median(seconds[a:b]) / statistics.median(times[a:b]))
+                    for a, b in schedule.chunks() if min(seconds[a:b]) > 0 and min(times[a:b]) > 0]
+            if logs:
+                paired[name] = (math.exp(statistics.median(logs)), len(logs))
+    return Timing(stats, plan, companions, paired, list(schedule.pace))
 
 
 def time_with_benchmark(benchmark: Any, call: Callable[[], Any], rules: TimingRules,

@@ -57,7 +57,7 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
     "cnn-inductor-mode": ("torch.compile mode for the inductor backend: default, reduce-overhead, "
                           "max-autotune-no-cudagraphs or max-autotune", "default"),
     "cnn-min-time": ("the timed blocks of each cell span at least this many seconds (pauses between them; capped by "
-                     "--cnn-max-time), so they sample the machine at different moments", "1.0"),
+                     "--cnn-max-time), so they sample the machine at different moments", "3.0"),
     "cnn-strict": ("fail cells whose timing is unstable (stated spread above 10% even after measuring again) "
                    "instead of passing them with a mark", None),
     "cnn-reprobe": ("probe thread counts and TorchScript variants again instead of using the choices remembered "
@@ -200,7 +200,7 @@ class Settings:
     calibration_method: str = "minmax"  # int8 calibration: minmax, entropy, percentile
     calibration_images: int = 64  # int8: at most this many calibration images
     inductor_mode: str = "default"  # torch.compile mode of the inductor backend
-    min_time: float = 1.0  # the timed blocks span at least this long (capped by max_time)
+    min_time: float = 3.0  # the timed blocks span at least this long (capped by max_time)
     strict: bool = False  # unstable cells fail
     reprobe: bool = False  # ignore remembered thread counts and TorchScript variants
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import statistics
 import time
 from typing import Any, Callable, Iterator, Optional
 
@@ -21,8 +22,8 @@ from . import results as R
 from .backends.base import PrepareContext, Prepared
 from .core import BuiltModel, CellSkip, CellSpec
 from .measure import (SESSION_HISTORY, UNSTABLE_CI, Agreement, HostMemory, LatencyStats, TimingRules, accuracy_from_logits,
-                      agreement, compare_interleaved, current_rss_mb, evaluate, session_spread, time_again,
-                      time_with_benchmark)
+                      agreement, compare_interleaved, current_rss_mb, evaluate, pace_spread, session_spread,
+                      time_again, time_with_benchmark)
 from .machine import unstable_message
 from .workbench import ACCURACY_BATCH, CellModel, ModelInfo, Workbench, accuracy_batch, device_name, scale_uint8
 
@@ -129,13 +130,15 @@ class CellRunner:
         self.reference_top1: Optional[float] = None
         self.backend = registry.backends.create(spec.backend)
         self.companions: dict[str, LatencyStats] = {}
+        self.paired: dict[str, tuple[float, int]] = {}  # companion -> (cell / companion time, chunk by chunk; chunks)
 
     def run(self, companions: Optional[dict[str, Callable[[], Any]]] = None) -> dict[str, Any]:
         """Prepare, evaluate accuracy, time, measure memory; record and return the result dict.
 
-        ``companions``: other calls to time in the same loop as the cell, a block of each
-        before each of its blocks (see ``measure.BlockSchedule``); their figures land in
-        ``self.companions`` and the result's ``companions_ms``. The self-checks use them.
+        ``companions``: other calls to time in the same loop as the cell, alternating with it
+        in short chunks (see ``measure.BlockSchedule``); their figures land in
+        ``self.companions``, the cell's time over each companion's, chunk by chunk, in
+        ``self.paired``, and both in the result's ``companions_ms``. The self-checks use them.
         """
         if self.result is not None:
             return self.result
@@ -233,33 +236,57 @@ class CellRunner:
         timing = time_with_benchmark(self.benchmark, prepared.bind(batch), rules, companions, monitor.tick)
         if timing is None:
             return None, prepared
-        stats = timing.stats
-        if stats.ci95_rel > UNSTABLE_CI:
+        stats, pace = timing.stats, self._pace(timing.pace)
+        if stats.ci95_rel > UNSTABLE_CI or pace_spread(pace, machine.PACE_TOLERANCE):
             load = monitor.finish().as_dict()
             threads = result.get("threads")
-            first = {"p50": stats.p50, "ci95_within": stats.ci95_rel, "threads": threads, "machine": load}
+            first = {"p50": stats.p50, "ci95_within": stats.ci95_rel, "pace": pace, "threads": threads, "machine": load}
             if self.device == "cpu" and threads and threads > 1 and machine.busy_reasons(load):
                 # Threads of one call wait on a sibling that other processes keep off a core.
                 how = "on 1 thread (other processes compete for the cores)"
                 prepared = self._prepare_again(prepared, module, ctx, 1, result)
             else:
                 how = "for twice as long"
+            monitor = machine.Monitor()
             timing = time_again(self.benchmark, prepared.bind(batch), rules.longer(), companions, monitor.tick)
-            stats = timing.stats
+            stats, pace = timing.stats, self._pace(timing.pace)
             stats.remeasured = {"how": how, "first": first}
-        self.companions = timing.companions
+        self.companions, self.paired = timing.companions, timing.paired
         if companions is not None:
-            result["companions_ms"] = {name: c.as_dict() for name, c in timing.companions.items()}
-        result["machine"] = monitor.finish().as_dict()
+            result["companions_ms"] = {name: {**c.as_dict(), "paired_ratio": timing.paired.get(name, (None,))[0]}
+                                       for name, c in timing.companions.items()}
+        load = monitor.finish()
+        load.pace = pace
+        load.pace_probe_us = statistics.median(timing.pace) * 1e6 if timing.pace else None
+        result["machine"] = load.as_dict()
         # Between sessions: this cell, in this configuration, in earlier sessions on this machine.
         parts = (*self._choice_parts(), result.get("threads"), result.get("provider"))
         earlier = tuning.earlier_p50s(self.bench.cache, parts)
-        stats = stats.with_sessions(session_spread(earlier), len(earlier), rules.target_ci)
-        if stats.stable:
+        pace_term = pace_spread(pace, machine.PACE_TOLERANCE)
+        stats = stats.with_sessions(session_spread(earlier), len(earlier), rules.target_ci, pace_term)
+        if not pace_term:
+            # Every session at the machine's usual pace counts, unstable ones too (leaving out the
+            # sessions that strayed would understate how far sessions stray); one timed while the
+            # machine ran slow owes its deviation to that, which its own pace term states.
             tuning.add_session(self.bench.cache, parts, {"p50": stats.p50, "ci95_within": stats.ci95_within,
+                                                         "stable": stats.stable, "pace": pace,
                                                          "load_before": result["machine"]["load_before"],
                                                          "others_cpu": result["machine"]["others_cpu"]}, SESSION_HISTORY)
         return stats, prepared
+
+    def _pace(self, probes: list[float]) -> Optional[float]:
+        """How much slower than its usual the machine ran over these probes (None: no reference yet).
+        The probes join this process's record, and its 10th percentile is remembered for later sessions."""
+        from . import machine, tuning
+
+        if not self.bench.pace_loaded:
+            machine.PACE.remembered = tuning.earlier_paces(self.bench.cache)
+            self.bench.pace_loaded = True
+        machine.PACE.add(probes)
+        own = machine.PACE.own()
+        if own is not None:
+            tuning.remember_pace(self.bench.cache, own)
+        return machine.pace_of(probes, machine.PACE.reference())
 
     def _prepare_again(self, old: Prepared, module: torch.nn.Module, ctx: PrepareContext, threads: int,
                        result: dict[str, Any]) -> Prepared:

@@ -98,3 +98,19 @@ def add_session(cache: ArtifactCache, parts: tuple, entry: dict[str, Any], keep:
     record["sessions"] = sessions[-keep:]
     record["machine"] = machine_identity()
     save(cache, key, record)
+
+
+def earlier_paces(cache: ArtifactCache) -> list[float]:
+    """The machine's pace in earlier sessions (each session's 10th percentile of the pace probe, seconds)."""
+    record = load(cache, record_key("pace")) or {}
+    return [s["p10"] for s in record.get("sessions", []) if s.get("session") != SESSION_ID and s.get("p10")]
+
+
+def remember_pace(cache: ArtifactCache, p10: float, keep: int = 20) -> None:
+    key = record_key("pace")
+    record = load(cache, key) or {"what": "pace", "sessions": []}
+    sessions = [s for s in record.get("sessions", []) if s.get("session") != SESSION_ID]
+    sessions.append({"session": SESSION_ID, "when": now(), "p10": p10})
+    record["sessions"] = sessions[-keep:]
+    record["machine"] = machine_identity()
+    save(cache, key, record)

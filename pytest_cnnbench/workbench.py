@@ -111,6 +111,7 @@ class Workbench:
         # runs again in this session (another test, a repeat) measures the same configuration.
         self.chosen_threads: dict[tuple, int] = {}
         self.unclaimed_build_s = 0.0  # model building done in a fixture, before its cell's clock started
+        self.pace_loaded = False  # earlier sessions' pace read from the cache (tuning.py) for machine.PACE
 
     def take_build_seconds(self) -> float:
         """Model-building time not yet counted in any cell's profile (it ran in a fixture)."""

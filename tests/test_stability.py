@@ -170,8 +170,7 @@ def test_thread_and_variant_choices_are_remembered_between_sessions(tiny_project
         assert r["thread_choice"]["source"] == "remembered" and r["thread_probe_ms"] is None
         assert r["threads"] == first[backend]["threads"]
         assert r["provider"] == first[backend]["provider"]  # the TorchScript variant too
-        # The first session's p50 is history now, unless it was unstable (then it is not kept).
-        assert r["latency_ms"]["sessions"] == (1 if first[backend]["latency_ms"]["stable"] else 0)
+        assert r["latency_ms"]["sessions"] == 1  # the first session's p50 is history now
 
     run(tiny_project, *args, "--cnn-reprobe").assert_outcomes(passed=3)
     assert {r["thread_choice"]["source"] for r in load_results(out)} == {"probed"}

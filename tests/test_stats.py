@@ -270,3 +270,48 @@ def test_earlier_sessions_exclude_this_one_and_keep_the_latest(tmp_path, monkeyp
     tuning.add_session(cache, parts, {"p50": 9.0}, keep=3)  # this session again: replaces its own entry
     monkeypatch.setattr(tuning, "SESSION_ID", "later")
     assert tuning.earlier_p50s(cache, parts) == [3.0, 4.0, 9.0]
+
+
+def test_paired_ratio_cancels_drift_between_chunks():
+    """The machine slows down threefold every other 30 ms: chunk by chunk, the cell's time over its
+    companion's is still the true ratio (2)."""
+    started = time.perf_counter()
+
+    def factor() -> float:
+        return 3.0 if int((time.perf_counter() - started) / 0.03) % 2 else 1.0
+
+    rules = measure.TimingRules(warmup=1, min_rounds=200, max_rounds=400, max_time=0.6, min_time=0.3)
+    timing = measure.time_with_benchmark(FakeBenchmark(), lambda: busy_wait(0.0004 * factor()), rules,
+                                         companions={"half": lambda: busy_wait(0.0002 * factor())})
+    ratio, chunks = timing.paired["half"]
+    assert chunks >= 10
+    assert ratio == pytest.approx(2.0, rel=0.1)
+
+
+def test_pace_spread_counts_only_beyond_the_probes_noise():
+    assert measure.pace_spread(None) == 0.0
+    assert measure.pace_spread(1.05) == 0.0  # within the probe's noise: the usual pace
+    assert measure.pace_spread(1.6) == pytest.approx(0.6)  # the machine ran 60% slower
+    assert measure.pace_spread(1 / 1.5) == pytest.approx(0.5)  # faster than the usual: as far off
+    stats = measure.latency_stats([0.001] * 60, blocks=10)
+    assert stats.with_sessions(0.03, 2, pace_term=0.6).stable is False
+    assert stats.with_sessions(0.03, 2, pace_term=0.6).ci95_rel == pytest.approx(math.sqrt(0.03 ** 2 + 0.6 ** 2), rel=1e-3)
+
+
+def test_pace_reference_is_the_faster_of_own_and_remembered():
+    reference = machine.PaceReference()
+    assert reference.reference() is None
+    reference.add([2e-5] * 9)
+    assert reference.own() is None  # too few probes
+    reference.add([2e-5] * 30 + [4e-5] * 30)  # half of them in a slow stretch
+    assert reference.own() == pytest.approx(2e-5)
+    assert machine.pace_of([4e-5] * 5, reference.reference()) == pytest.approx(2.0)
+    reference.remembered = [1.8e-5, 1.9e-5, 5e-5]
+    assert reference.reference() == pytest.approx(1.9e-5)  # earlier sessions ran faster: their median
+
+
+def test_pace_probe_is_steady():
+    """Back to back, the probe's middle runs agree (its first run's context is paid for inside it)."""
+    quiet = sorted(machine.pace_probe() for _ in range(30))
+    assert quiet[-5] / quiet[5] < 1.5
+    assert 1e-6 < quiet[15] < 1e-3

@@ -256,6 +256,11 @@ class CellRunner:
             result["companions_ms"] = {name: {**c.as_dict(), "paired_ratio": timing.paired.get(name, (None,))[0]}
                                        for name, c in timing.companions.items()}
         load = monitor.finish()
+        if stats.remeasured is not None:  # "before" is before the cell's first measurement
+            first_load = stats.remeasured["first"]["machine"]
+            load.load_before = first_load.get("load_before", load.load_before)
+            if first_load.get("load_during") is not None and load.load_during is not None:
+                load.load_during = max(load.load_during, first_load["load_during"])
         load.pace = pace
         load.pace_probe_us = statistics.median(timing.pace) * 1e6 if timing.pace else None
         result["machine"] = load.as_dict()

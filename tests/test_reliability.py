@@ -200,6 +200,9 @@ import os, signal
 def test_bench(cnnbench):
     cnnbench.run()
     if cnnbench.spec.backend == "ort":
+        # A run started in the background by a non-interactive shell inherits SIGINT ignored:
+        # install Python's own handler, as an interactive run has it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         os.kill(os.getpid(), signal.{signal})
 '''
 

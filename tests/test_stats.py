@@ -315,3 +315,31 @@ def test_pace_probe_is_steady():
     quiet = sorted(machine.pace_probe() for _ in range(30))
     assert quiet[-5] / quiet[5] < 1.5
     assert 1e-6 < quiet[15] < 1e-3
+
+
+def test_waiting_for_the_usual_pace_ends_when_the_slow_stretch_does(monkeypatch):
+    reference = machine.PaceReference()
+    reference.add([2e-5] * 50)
+    monkeypatch.setattr(machine, "PACE", reference)
+    slow_until = time.monotonic() + 0.5
+    probe = lambda: (time.sleep(1e-4), 3e-5 if time.monotonic() < slow_until else 2e-5)[1]  # noqa: E731
+    waited, pace = machine.wait_for_usual_pace(limit_s=5.0, window_s=0.05, probe=probe)
+    assert 0.4 <= waited < 2.0 and pace == pytest.approx(1.0)
+    # A machine that stays slow: it gives up at the limit and says how slow it still was.
+    waited, pace = machine.wait_for_usual_pace(limit_s=0.3, window_s=0.05, probe=lambda: (time.sleep(1e-4), 3e-5)[1])
+    assert 0.3 <= waited < 1.0 and pace == pytest.approx(1.5)
+    # No reference yet (the session's first probes): nothing to wait for.
+    monkeypatch.setattr(machine, "PACE", machine.PaceReference())
+    assert machine.wait_for_usual_pace(limit_s=5.0, probe=lambda: 3e-5) == (0.0, None)
+
+
+def test_unstable_message_says_it_waited_for_the_usual_pace():
+    result = {"model": "tiny", "backend": "eager", "batch_size": 1, "precision": "fp32", "threads": 1,
+              "latency_ms": {"p50": 1.5, "ci95_rel": 0.3, "ci95_within": 0.05, "ci95_sessions": 0.03,
+                             "remeasured": {"how": "for twice as long", "waited_s": 15.0, "pace_after_wait": 1.4,
+                                            "first": {"ci95_within": 0.04, "threads": 1, "pace": 1.5}}},
+              "machine": {"cpus": 2, "load_before": 0.2, "load_during": 1.0, "others_cpu": 0.0, "steal": 0.0, "pace": 1.3}}
+    text = machine.unstable_message(result)
+    for part in ("at 1.50x the usual pace", "waited 15.0 s for the usual pace first, and the machine stayed slow",
+                 "a reference loop took 1.30x its usual time (the machine ran slow with nothing in it busy: its host)"):
+        assert part in text, (part, text)

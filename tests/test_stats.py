@@ -148,6 +148,17 @@ def test_plan_spreads_short_calls_over_min_time_in_equal_blocks():
     assert 0.25 <= timing.stats.span_s <= 1.0  # the pauses spread the blocks over min_time, within the cap
 
 
+def test_pauses_between_blocks_spin_rather_than_sleep():
+    """A sleeping vCPU is woken wherever the host puts it (often beside a busy neighbour): the
+    pauses keep the CPU, so the process's CPU time covers the timed loop's wall time."""
+    rules = measure.TimingRules(warmup=2, min_rounds=50, max_rounds=200, max_time=1.0, target_ci=0.02, min_time=0.4)
+    wall, cpu = time.perf_counter(), time.process_time()
+    timing = measure.time_with_benchmark(FakeBenchmark(), lambda: busy_wait(0.0002), rules)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    assert timing.plan.gap_s > 0.01 and timing.stats.span_s >= 0.35
+    assert cpu >= 0.8 * wall, (cpu, wall)
+
+
 def test_long_calls_get_no_pauses():
     rules = measure.TimingRules(warmup=1, min_rounds=30, max_rounds=60, max_time=0.2, min_time=0.05)
     plan = measure.plan_timing(lambda: busy_wait(0.002), rules)

@@ -236,8 +236,8 @@ def _timed_calls(call: Callable[[], Any], count: int, budget: float) -> list[flo
 
 def spin(seconds: float) -> None:
     """Pause by spinning, not sleeping. Measured on the 2-vCPU KVM guest this was built on: after
-    a sleep, 5-7 of 20 LeNet blocks ran 1.5-2x slow (a woken vCPU lands wherever the host puts
-    it, often beside another guest's busy thread); after a spin of the same length, 1 of 20."""
+    a sleep, 5-17 of 20 LeNet blocks ran 1.5-2x slow (a woken vCPU lands wherever the host puts
+    it); after a spin of the same length, 1-5 of 20 (``scripts/pause_experiment.py``)."""
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -215,16 +216,8 @@ class PaceReference:
         return sorted(self.samples)[len(self.samples) // 10]
 
     def reference(self) -> Optional[float]:
-        candidates = [v for v in (self.own(), _median(self.remembered)) if v]
+        candidates = [v for v in (self.own(), statistics.median(self.remembered) if self.remembered else None) if v]
         return min(candidates) if candidates else None
-
-
-def _median(values: list[float]) -> Optional[float]:
-    if not values:
-        return None
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 PACE = PaceReference()  # per process: the session's probes accumulate here
@@ -234,7 +227,7 @@ def pace_of(samples: list[float], reference: Optional[float]) -> Optional[float]
     """How much slower than usual the machine ran over ``samples`` (their median over the reference)."""
     if not samples or not reference:
         return None
-    return _median(samples) / reference
+    return statistics.median(samples) / reference
 
 
 PACE_WAIT_S = 15.0  # longest wait for the machine's usual pace before a cell is measured again
@@ -257,7 +250,6 @@ def wait_for_usual_pace(limit_s: float = PACE_WAIT_S, window_s: float = PACE_WIN
     started = time.monotonic()
     if not reference:
         return 0.0, None
-    pace = None
     while True:
         window, end = [], time.monotonic() + window_s
         while time.monotonic() < end:
@@ -277,7 +269,7 @@ def sample(seconds: float = 0.25) -> Load:
         time.sleep(0.004)
     PACE.add(probes)
     load = between(start, Snapshot.take())
-    load.pace_probe_us = (_median(probes) or 0) * 1e6 or None
+    load.pace_probe_us = statistics.median(probes) * 1e6 if probes else None
     return load
 
 

@@ -325,21 +325,18 @@ class CellRunner:
             return [torch.get_num_threads()], "device"
         if self.bench.settings.threads is not None:
             return [self.bench.settings.threads], "option"
-        if self._thread_key in self.bench.chosen_threads:
-            return [self.bench.chosen_threads[self._thread_key]], "this session"
+        cell = self._choice_parts()
+        if cell in self.bench.chosen_threads:
+            return [self.bench.chosen_threads[cell]], "this session"
         from . import tuning
 
-        record = tuning.remembered_choice(self.bench.cache, "threads", self._choice_parts(), self.bench.settings.reprobe)
+        record = tuning.remembered_choice(self.bench.cache, "threads", cell, self.bench.settings.reprobe)
         if record is not None and isinstance(record["choice"], int) and record["choice"] >= 1:
             return [record["choice"]], "remembered"
         from .environment import physical_cores
 
         cores = physical_cores()
         return ([1, cores] if cores > 1 else [1]), "probed"
-
-    @property
-    def _thread_key(self) -> tuple:
-        return (self.model.key, self.spec.backend, self.spec.batch_size, self.spec.precision, self.spec.dataset)
 
     def _prepare(self, module: torch.nn.Module, ctx: PrepareContext, batch: torch.Tensor, result: dict[str, Any]) -> Prepared:
         """Prepare the model; on the CPU with --cnn-threads=auto, with the thread count remembered
@@ -368,7 +365,7 @@ class CellRunner:
         threads = comparison.choice if comparison is not None else candidates[0]
         ctx.threads = threads
         if self.device == "cpu" and self.bench.settings.threads is None:
-            self.bench.chosen_threads[self._thread_key] = threads
+            self.bench.chosen_threads[self._choice_parts()] = threads
             if comparison is not None:
                 from . import tuning
 

@@ -5,16 +5,20 @@ import pytest
 pytestmark = pytest.mark.cnnbench(models=["lenet"])
 
 # Agreement with eager fp32 on the 10,000 test images: (max relative logit error, min top-1 agreement).
-# int8, measured here (ONNX Runtime QDQ and OpenVINO/NNCF, 64 training images, minmax): rel_err 0.034 and
-# 0.037, top-1 agreement 99.97% and 99.94% (3 and 6 digits flip); 0.1 / 99.5% leave room for another
-# calibration method or CPU and still fail a broken quantization (wrong scales: rel_err ~1, agreement < 90%).
+# int8 (ONNX Runtime QDQ and OpenVINO/NNCF, 64 training images, minmax) depends on the trained weights,
+# and LeNet is trained where it runs (another CPU's kernels round differently). ONNX Runtime int8 over
+# eight training seeds (scripts/int8_agreement_spread.py, AMD EPYC without VNNI): rel_err 0.028-0.072,
+# top-1 agreement 99.95-100%; on CI's machine, a LeNet at 99.08% top-1: 0.103 (ORT) and 0.104
+# (OpenVINO); on an Intel VNNI machine: 0.034 and 0.037. The maximum over 100,000 logits is a tail figure, so 0.25 leaves it room; 99.5% leaves
+# agreement room. Both still fail a miscalibrated model (calibrated without the mean/std
+# normalization: rel_err 0.69-0.76, agreement 94.3-98.5%, same script).
 # On CUDA, not measured here (no GPU): eager fp32 runs convolutions in TF32 by default (10-bit mantissa,
 # ~1e-3 relative), so fp32 rows get 5e-3; fp16 rows 2e-2, from fp16's 11-bit mantissa over LeNet's 5 layers.
 AGREEMENT = {
     ("cpu", "fp32"): (1e-3, 0.999), ("cuda", "fp32"): (5e-3, 0.999), ("cuda", "fp16"): (2e-2, 0.995),
-    ("cpu", "int8"): (1e-1, 0.995), ("cuda", "int8"): (1e-1, 0.995),
+    ("cpu", "int8"): (0.25, 0.995), ("cuda", "int8"): (0.25, 0.995),
 }
-# What int8 may cost: top-1 within half a point of fp32 (measured: -0.01 and -0.04 pt).
+# What int8 may cost: top-1 within half a point of fp32 (measured: -0.03 to +0.02 pt over the eight seeds).
 MAX_TOP1_DROP_PP = 0.5
 
 

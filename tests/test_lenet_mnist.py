@@ -117,3 +117,49 @@ def test_lenet_trains_once_then_loads_from_cache(tmp_path):
     assert second.weights_kind == "trained"
     for (name, a), (_, b) in zip(first.module.state_dict().items(), second.module.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+class _Captured(Exception):
+    pass
+
+
+@needs_mnist
+@pytest.mark.parametrize("weights", ["random", "pretrained"])
+def test_lenet_initial_weights_come_from_the_seed_not_the_process_rng(tmp_path, monkeypatch, weights):
+    """Another test run first (or another suite) must not change the weights LeNet starts from:
+    trained weights are cached under the recipe, so they must follow from it."""
+    import importlib
+
+    import torch
+
+    from pytest_cnnbench.cache import ArtifactCache
+    from pytest_cnnbench.core import ModelContext
+
+    lenet = importlib.import_module("pytest_cnnbench.models.lenet")  # the package's `lenet` is its registry entry
+
+    def initial_weights(process_seed: int) -> dict:
+        captured = {}
+
+        def capture(model, *args, **kwargs):  # stop before training: the start is what is checked
+            captured.update({k: v.clone() for k, v in model.state_dict().items()})
+            raise _Captured
+
+        monkeypatch.setattr(lenet, "train", capture)
+        torch.manual_seed(process_seed)
+        ctx = ModelContext("lenet", weights, DATA, ArtifactCache(tmp_path / str(process_seed)), "mnist", (1, 28, 28), 10,
+                           download=False, log=lambda _: None)
+        try:
+            built = lenet.build_lenet(ctx)
+        except _Captured:
+            pass
+        else:
+            captured.update(built.module.state_dict())
+        after = torch.rand(1)
+        torch.manual_seed(process_seed)
+        assert torch.equal(after, torch.rand(1)), "building LeNet moved the caller's RNG"
+        return captured
+
+    first, second = initial_weights(1), initial_weights(2)
+    assert first.keys() == second.keys() and first
+    for name in first:
+        assert torch.equal(first[name], second[name]), name

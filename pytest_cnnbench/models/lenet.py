@@ -53,11 +53,21 @@ class Recipe:
     epochs: int = 6
     batch_size: int = 64
     lr: float = 2e-3
-    seed: int = 0
+    seed: int = 0  # the initial weights and the shuffling both come from it
     # One thread: the trained weights (and the cache key) do not depend on the machine's core count,
     # and on a shared machine two spinning OpenMP threads train up to 40x slower (164 s for an
     # epoch that takes 4 s on a quiet one), where one thread keeps its pace.
     threads: int = 1
+    # Before, the initial weights came from whatever state the process's RNG was in (another test
+    # run first gave other weights); the field keeps such cached weights from being reused.
+    seeded_init: bool = True
+
+
+def initial_model(num_classes: int, seed: int) -> LeNet:
+    """LeNet's initial weights from ``seed`` alone, without disturbing the caller's RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LeNet(num_classes)
 
 
 def train(model: LeNet, images: torch.Tensor, labels: torch.Tensor, recipe: Recipe, log) -> None:
@@ -101,9 +111,10 @@ def build_lenet(ctx: ModelContext) -> BuiltModel:
     from ..datasets.mnist import MnistDataset
 
     preprocess = MnistPreprocess()
-    model = LeNet(ctx.num_classes)
+    recipe = Recipe()
+    model = initial_model(ctx.num_classes, recipe.seed)
     if ctx.weights == "random":
-        return BuiltModel(model.eval(), preprocess, "random", "random initialisation (--cnn-weights=random)", preprocess.id)
+        return BuiltModel(model.eval(), preprocess, "random", f"random initialisation (seed {recipe.seed}, --cnn-weights=random)", preprocess.id)
     if ctx.weights != "pretrained":
         state = torch.load(Path(ctx.weights).expanduser(), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
@@ -111,7 +122,6 @@ def build_lenet(ctx: ModelContext) -> BuiltModel:
 
     dctx = DatasetContext("mnist", ctx.data_root, ctx.cache, ctx.input_shape, ctx.num_classes, ctx.download, ctx.log)
     train_set = MnistDataset.from_context(dctx, split="train")
-    recipe = Recipe()
     key = hash_parts("lenet", repr(model), repr(recipe), train_set.content_id)
     path = ctx.cache.lookup("weights", key, ".pt")
     if path is not None:
@@ -120,7 +130,7 @@ def build_lenet(ctx: ModelContext) -> BuiltModel:
             return BuiltModel(model.eval(), preprocess, "trained", f"trained on MNIST train, cached {path}", preprocess.id)
         except Exception as exc:  # a checkpoint that passes the checksum but does not load
             ctx.cache.discard(path, f"does not load: {type(exc).__name__}: {exc}")
-            model = LeNet(ctx.num_classes)
+            model = initial_model(ctx.num_classes, recipe.seed)
 
     log = ctx.log
     log(f"cnnbench: training LeNet on {len(train_set)} MNIST images (seed {recipe.seed}, {recipe.epochs} epochs, "

@@ -65,6 +65,12 @@ def test_missing_files_without_download_name_what_was_searched(tmp_path):
     ctx = DatasetContext("mnist", tmp_path, ArtifactCache(tmp_path / "cache"), (1, 28, 28), 10, download=False)
     with pytest.raises(DatasetError, match="t10k-images-idx3-ubyte.gz.*not found.*downloads are disabled"):
         MnistDataset.from_context(ctx, "test")
+    # A data root that is also the fallback (the cache's data folder) is searched, and named, once.
+    same = DatasetContext("mnist", tmp_path / "cache" / "data", ArtifactCache(tmp_path / "cache"), (1, 28, 28), 10,
+                          download=False)
+    with pytest.raises(DatasetError) as info:
+        MnistDataset.from_context(same, "test")
+    assert str(info.value).count(f"{tmp_path / 'cache' / 'data'}/mnist") == 1, info.value
 
 
 @needs_mnist

@@ -61,7 +61,7 @@ def read_idx(path: Path, expected_ndim: int) -> np.ndarray:
 
 def locate(root: Optional[Path], split: str, download: bool, fallback_root: Path, log: Callable[[str], None]) -> tuple[Path, Path]:
     stems = FILES[split]
-    roots = [r for r in (root, fallback_root) if r is not None]
+    roots = [r for r in dict.fromkeys((root, fallback_root)) if r is not None]  # each folder once
     for base in roots:
         found = [find_file(base, stem) for stem in stems]
         if all(found):

@@ -21,24 +21,25 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pytest_cnnbench.backends.ort import INPUT_NAME, export_onnx
 from pytest_cnnbench.backends.ort_quant import quantize_onnx, this_cpu_scheme
 from pytest_cnnbench.calibration import pick
-from pytest_cnnbench.datasets.mnist import FILES, MnistDataset, find_file
-from pytest_cnnbench.measure import agreement
-from pytest_cnnbench.models.lenet import MnistPreprocess, Recipe, accuracy, initial_model, train
+from pytest_cnnbench.datasets.errors import DatasetError
+from pytest_cnnbench.datasets.mnist import MnistDataset, locate
+from pytest_cnnbench.measure import agreement, evaluate
+from pytest_cnnbench.models.lenet import MnistPreprocess, Recipe, initial_model, train
 
 CALIBRATION_IMAGES = 64  # as the suite (--cnn-calibration-images' default)
+EVAL_BATCH = 1000
 
 
 def load(root: Path, split: str) -> MnistDataset:
-    paths = [find_file(root, stem) for stem in FILES[split]]
-    if not all(paths):
-        raise SystemExit(f"MNIST {split} files not found under {root}")
-    return MnistDataset(*paths)
+    try:
+        return MnistDataset(*locate(root, split, download=False, fallback_root=root, log=print))
+    except DatasetError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def main() -> None:
@@ -68,23 +69,24 @@ def main() -> None:
         train(model, x, y, Recipe(seed=seed), log=lambda _: None)
         train_s = time.perf_counter() - started
         with torch.inference_mode():
-            reference = torch.cat([model(tx[i:i + 1000]) for i in range(0, len(tx), 1000)])
+            fp32_result = evaluate(model, tx, ty, EVAL_BATCH)  # as the suite evaluates every cell
         with tempfile.TemporaryDirectory() as folder:
             fp32 = Path(folder) / "lenet.onnx"
             export_onnx(model, (1, 28, 28), fp32)
 
-            def int8_logits(images: torch.Tensor, name: str) -> torch.Tensor:
+            def int8_result(images: torch.Tensor, name: str):
                 path = Path(folder) / name
                 quantize_onnx(fp32, path, images, "minmax", scheme, INPUT_NAME)
                 session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-                return torch.from_numpy(np.concatenate(
-                    [session.run(None, {INPUT_NAME: tx[i:i + 1000].numpy()})[0] for i in range(0, len(tx), 1000)]))
+                return evaluate(lambda batch: torch.from_numpy(session.run(None, {INPUT_NAME: batch.numpy()})[0]),
+                                tx, ty, EVAL_BATCH)
 
-            logits = int8_logits(calibration, "int8.onnx")
-            control = agreement(int8_logits(unnormalized, "control.onnx"), reference)
+            int8 = int8_result(calibration, "int8.onnx")
+            control = agreement(int8_result(unnormalized, "control.onnx").logits, fp32_result.logits)
+        reference, logits = fp32_result.logits, int8.logits
         agree = agreement(logits, reference)
         errors = (logits - reference).abs().amax(1) / reference.abs().max()
-        print(f"{seed:<4}  {accuracy(model, tx, ty):10.2%}  {float((logits.argmax(1) == ty).float().mean()):10.2%}  "
+        print(f"{seed:<4}  {fp32_result.top1:10.2%}  {int8.top1:10.2%}  "
               f"{agree.top1_agree:11.2%}  {agree.rel_err:11.3f}  {float(errors.quantile(0.999)):18.3f}  {train_s:7.0f}  "
               f"| {control.top1_agree:20.2%}  {control.rel_err:11.3f}", flush=True)
 

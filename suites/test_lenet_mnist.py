@@ -9,9 +9,9 @@ pytestmark = pytest.mark.cnnbench(models=["lenet"])
 # and LeNet is trained where it runs (another CPU's kernels round differently). ONNX Runtime int8 over
 # eight training seeds (scripts/int8_agreement_spread.py, AMD EPYC without VNNI): rel_err 0.028-0.072,
 # top-1 agreement 99.95-100%; on CI's machine, a LeNet at 99.08% top-1: 0.103 (ORT) and 0.104
-# (OpenVINO); on an Intel VNNI machine: 0.034 and 0.037. The maximum over 100,000 logits is a tail figure, so 0.25 leaves it room; 99.5% leaves
-# agreement room. Both still fail a miscalibrated model (calibrated without the mean/std
-# normalization: rel_err 0.69-0.76, agreement 94.3-98.5%, same script).
+# (OpenVINO); on an Intel VNNI machine: 0.034 and 0.037. The maximum over 100,000 logits is a tail
+# figure, so 0.25 leaves it room; 99.5% leaves agreement room. Both still fail a miscalibrated model
+# (calibrated without the mean/std normalization: rel_err 0.69-0.76, agreement 94.3-98.5%, same script).
 # On CUDA, not measured here (no GPU): eager fp32 runs convolutions in TF32 by default (10-bit mantissa,
 # ~1e-3 relative), so fp32 rows get 5e-3; fp16 rows 2e-2, from fp16's 11-bit mantissa over LeNet's 5 layers.
 AGREEMENT = {

@@ -224,6 +224,14 @@ def pace_spread(pace: Optional[float], tolerance: float = 0.10) -> float:
     return deviation if deviation > tolerance else 0.0
 
 
+def at_usual_pace(pace: Optional[float], tolerance: float = 0.10) -> bool:
+    """Whether a session may join the between-session history: its pace is known and within
+    ``tolerance`` of the usual. A pace that could not be judged (no reference yet) vouches for
+    nothing: such a session, timed 3x slow on a machine loaded 4 deep, once made later sessions
+    state ±94%."""
+    return pace is not None and pace > 0 and not pace_spread(pace, tolerance)
+
+
 def _timed_calls(call: Callable[[], Any], count: int, budget: float) -> list[float]:
     times: list[float] = []
     deadline = time.perf_counter() + budget

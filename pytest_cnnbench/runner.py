@@ -22,7 +22,7 @@ from . import results as R
 from .backends.base import PrepareContext, Prepared
 from .core import BuiltModel, CellSkip, CellSpec
 from .measure import (SESSION_HISTORY, UNSTABLE_CI, Agreement, HostMemory, LatencyStats, TimingRules, accuracy_from_logits,
-                      agreement, compare_interleaved, current_rss_mb, evaluate, pace_spread, session_spread,
+                      agreement, at_usual_pace, compare_interleaved, current_rss_mb, evaluate, pace_spread, session_spread,
                       time_again, time_with_benchmark)
 from .machine import unstable_message
 from .workbench import ACCURACY_BATCH, CellModel, ModelInfo, Workbench, accuracy_batch, device_name, scale_uint8
@@ -271,7 +271,7 @@ class CellRunner:
         earlier = tuning.earlier_p50s(self.bench.cache, parts)
         pace_term = pace_spread(pace, machine.PACE_TOLERANCE)
         stats = stats.with_sessions(session_spread(earlier), len(earlier), rules.target_ci, pace_term)
-        if not pace_term:
+        if at_usual_pace(pace, machine.PACE_TOLERANCE):
             # Every session at the machine's usual pace counts, unstable ones too (leaving out the
             # sessions that strayed would understate how far sessions stray); one timed while the
             # machine ran slow owes its deviation to that, which its own pace term states.

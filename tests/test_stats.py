@@ -299,6 +299,13 @@ def test_paired_ratio_cancels_drift_between_chunks():
     assert ratio == pytest.approx(2.0, rel=0.1)
 
 
+def test_only_sessions_known_to_run_at_the_usual_pace_join_the_history():
+    assert measure.at_usual_pace(1.0) and measure.at_usual_pace(1.05) and measure.at_usual_pace(1 / 1.05)
+    assert not measure.at_usual_pace(1.6)  # ran slow: its own pace term states it
+    assert not measure.at_usual_pace(None)  # could not be judged (no reference yet): vouches for nothing
+    assert not measure.at_usual_pace(0.0)
+
+
 def test_pace_spread_counts_only_beyond_the_probes_noise():
     assert measure.pace_spread(None) == 0.0
     assert measure.pace_spread(1.05) == 0.0  # within the probe's noise: the usual pace

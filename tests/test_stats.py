@@ -329,10 +329,14 @@ def test_pace_reference_is_the_faster_of_own_and_remembered():
 
 
 def test_pace_probe_is_steady():
-    """Back to back, the probe's middle runs agree (its first run's context is paid for inside it)."""
-    quiet = sorted(machine.pace_probe() for _ in range(30))
-    assert quiet[-5] / quiet[5] < 1.5
-    assert 1e-6 < quiet[15] < 1e-3
+    """Back to back, the probe's middle runs agree (its first run's context is paid for inside it).
+    30 probes last about 1 ms, and a host slow stretch can cover one such sample (1 run in 8 here,
+    on a noisy day), so up to three samples are taken, as the runner measures a disturbed cell again;
+    a probe that is itself unsteady fails all three."""
+    samples = [sorted(machine.pace_probe() for _ in range(30)) for _ in range(3)]
+    spreads = [quiet[-5] / quiet[5] for quiet in samples]
+    assert min(spreads) < 1.5, spreads
+    assert all(1e-6 < quiet[15] < 1e-3 for quiet in samples)
 
 
 def test_waiting_for_the_usual_pace_ends_when_the_slow_stretch_does(monkeypatch):

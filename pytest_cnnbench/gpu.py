@@ -128,6 +128,16 @@ class DeviceMemory:
         return max(self.samples) if self.samples else None
 
 
+def worker_gpu(worker: Optional[str], device_count: int) -> int:
+    """The GPU (index among the visible ones) an xdist worker times on: ``gwN`` takes N modulo the
+    number of visible GPUs; the main process (no worker id) takes the first."""
+    if device_count < 1:
+        raise ValueError("no CUDA GPU is visible (CUDA_VISIBLE_DEVICES may hide them all)")
+    if not worker or not worker.startswith("gw") or not worker[2:].isdigit():
+        return 0
+    return int(worker[2:]) % device_count
+
+
 def time_device_calls(call: Callable[[], Any], rounds: int, events: bool,
                       make_event: Optional[Callable[[], Any]] = None) -> tuple[list[float], Optional[list[float]]]:
     """Time ``call`` (one device call that ends once the device is done) ``rounds`` times.
@@ -139,29 +149,26 @@ def time_device_calls(call: Callable[[], Any], rounds: int, events: bool,
     and the wall time still includes its completion. Anything else (ONNX Runtime, which works on
     its own stream) gets wall times only.
     """
-    import time
+    from .timing import timed
 
     launch = getattr(call, "launch", None) if events else None
-    wall: list[float] = []
     if launch is None:
-        for _ in range(rounds):
-            started = time.perf_counter()
-            call()
-            wall.append(time.perf_counter() - started)
-        return wall, None
+        return [timed(call) for _ in range(rounds)], None
     if make_event is None:
         import torch
 
         make_event = functools.partial(torch.cuda.Event, enable_timing=True)
     start_event, end_event = make_event(), make_event()
-    device: list[float] = []
-    for _ in range(rounds):
-        started = time.perf_counter()
+    def launch_and_wait() -> None:
         start_event.record()
         launch()
         end_event.record()  # right after the launch: no host synchronize between the two events
         end_event.synchronize()  # wait for the work itself (the stream up to the end event)
-        wall.append(time.perf_counter() - started)
+
+    wall: list[float] = []
+    device: list[float] = []
+    for _ in range(rounds):
+        wall.append(timed(launch_and_wait))
         device.append(start_event.elapsed_time(end_event) / 1000.0)
     return wall, device
 

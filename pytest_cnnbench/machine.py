@@ -1,7 +1,6 @@
 """How busy the machine is: load average, CPU taken by other processes, steal time, and its pace.
 
-Read from /proc (Linux); elsewhere only the load average is known and the other figures
-are None. No torch here: the session reads it before any cell runs.
+Read through psutil. No torch here: the session reads it before any cell runs.
 
 The *pace* is how long a fixed pure-Python loop takes right now (``pace_probe``). On a
 shared machine whole stretches of seconds run 1.5-2x slower for every process alike (the
@@ -12,8 +11,8 @@ correlated at 0.96 (eager) and 0.98 (ONNX Runtime). The timed loop runs the prob
 each chunk of calls, so a cell knows whether it ran at the machine's usual pace
 (``PaceReference``: the 10th percentile of the probes this process and earlier sessions saw).
 
-A ``Snapshot`` is cheap (one read of /proc/stat and of each process's stat line, a few
-milliseconds for a few hundred processes); two of them make a ``Load`` over the span
+A ``Snapshot`` is cheap (the machine's CPU times and each process's, a few milliseconds for a
+few hundred processes); two of them make a ``Load`` over the span
 between: the share of the machine's CPU time that other processes took, the share the
 hypervisor stole, and the busiest other processes by name.
 """
@@ -24,17 +23,13 @@ import dataclasses
 import os
 import statistics
 import time
-from pathlib import Path
 from typing import Any, Callable, Optional
 
-try:
-    _HZ = os.sysconf("SC_CLK_TCK")
-except (AttributeError, ValueError, OSError):  # pragma: no cover - non-POSIX
-    _HZ = 100
+import psutil
 
-UNSTABLE_CI = 0.10  # a stated spread above this (as pyperf's "may be unstable" at 10%) flags the cell
+from .stats import UNSTABLE_CI
+
 BUSY_OTHERS = 0.25  # other processes take more than a quarter of the CPUs: busy
-BUSY_LOAD_PER_CPU = 1.0  # more runnable tasks than CPUs (1-minute average): busy
 BUSY_STEAL = 0.05  # the hypervisor takes more than 5% of the CPU time: busy
 
 
@@ -45,64 +40,38 @@ def cpu_count() -> int:
 
 def loadavg() -> Optional[tuple[float, float, float]]:
     try:
-        return os.getloadavg()
+        return psutil.getloadavg()
     except (AttributeError, OSError):
         return None
 
 
-def _cpu_jiffies() -> Optional[dict[str, int]]:
-    """Machine-wide CPU time from /proc/stat's "cpu" line: total and steal (in clock ticks)."""
-    try:
-        with open("/proc/stat") as fh:
-            fields = fh.readline().split()
-    except OSError:
-        return None
-    if not fields or fields[0] != "cpu":
-        return None
-    values = [int(v) for v in fields[1:]]
-    # user nice system idle iowait irq softirq steal guest guest_nice; guest time is already in user.
-    total = sum(values[:8])
-    steal = values[7] if len(values) > 7 else 0
-    return {"total": total, "steal": steal}
+def _cpu_seconds() -> dict[str, float]:
+    """Machine-wide CPU time (seconds, all CPUs): total and stolen by the hypervisor."""
+    times = psutil.cpu_times()
+    # guest time is already counted in user (Linux), so it is not added again.
+    total = sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"))
+    return {"total": total, "steal": getattr(times, "steal", 0.0)}
 
 
-def _process_ticks(own: set[int]) -> Optional[dict[int, tuple[str, int]]]:
-    """CPU ticks (user + system, all threads) of every other process: pid -> (name, ticks)."""
-    proc = Path("/proc")
-    if not (proc / "stat").exists():
-        return None
-    out: dict[int, tuple[str, int]] = {}
-    for entry in os.scandir(proc):
-        if not entry.name.isdigit():
+def _process_seconds(own: set[int]) -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) of every other process: pid -> (name, seconds)."""
+    out: dict[int, tuple[str, float]] = {}
+    for proc in psutil.process_iter(["name", "cpu_times"]):
+        if proc.pid in own:
             continue
-        pid = int(entry.name)
-        if pid in own:
+        times = proc.info.get("cpu_times")
+        if times is None:  # gone meanwhile, or not ours to read
             continue
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as fh:
-                raw = fh.read().decode("utf-8", "replace")
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        close = raw.rfind(")")
-        if close < 0:
-            continue
-        name = raw[raw.find("(") + 1:close]
-        rest = raw[close + 2:].split()
-        try:
-            ticks = int(rest[11]) + int(rest[12])  # utime, stime (fields 14 and 15)
-        except (IndexError, ValueError):
-            continue
-        out[pid] = (name, ticks)
+        out[proc.pid] = (proc.info.get("name") or "?", times.user + times.system)
     return out
 
 
 def _command(pid: int, name: str) -> str:
     """A short, readable command for a process: its command line's first words, else its name."""
     try:
-        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+        words = [w for w in psutil.Process(pid).cmdline() if w]
+    except (psutil.Error, OSError):
         return name
-    words = [w.decode("utf-8", "replace") for w in words if w]
     if not words:
         return name
     words[0] = os.path.basename(words[0])
@@ -114,13 +83,13 @@ def _command(pid: int, name: str) -> str:
 class Snapshot:
     when: float
     load: Optional[tuple[float, float, float]]
-    cpu: Optional[dict[str, int]]
-    processes: Optional[dict[int, tuple[str, int]]]
+    cpu: Optional[dict[str, float]]
+    processes: Optional[dict[int, tuple[str, float]]]
 
     @classmethod
     def take(cls, processes: bool = True) -> "Snapshot":
         own = {os.getpid()}
-        return cls(time.monotonic(), loadavg(), _cpu_jiffies(), _process_ticks(own) if processes else None)
+        return cls(time.monotonic(), loadavg(), _cpu_seconds(), _process_seconds(own) if processes else None)
 
 
 @dataclasses.dataclass
@@ -143,10 +112,6 @@ class Load:
                 "busiest": [{"command": c, "cpu": s} for c, s in self.busiest], "seconds": self.seconds,
                 "pace": self.pace, "pace_probe_us": self.pace_probe_us}
 
-    @property
-    def busy(self) -> bool:
-        return bool(busy_reasons(self.as_dict()))
-
 
 def between(start: Snapshot, end: Snapshot, load_seen: Optional[float] = None, top: int = 3) -> Load:
     """The load over ``start``..``end``; ``load_seen``: the highest 1-minute load average sampled between."""
@@ -162,16 +127,18 @@ def between(start: Snapshot, end: Snapshot, load_seen: Optional[float] = None, t
             steal = max(0.0, (end.cpu["steal"] - start.cpu["steal"]) / total)
     busiest: list[tuple[str, float]] = []
     if start.processes is not None and end.processes is not None:
-        capacity = seconds * _HZ * cpus
+        capacity = seconds * cpus
         per: dict[int, float] = {}
-        for pid, (name, ticks) in end.processes.items():
+        for pid, (name, spent_total) in end.processes.items():
             before = start.processes.get(pid)
-            spent = ticks - before[1] if before is not None and before[0] == name else 0  # new processes: unknown share
+            # A process that started within the span counts from its start: its whole CPU time is the
+            # span's. (Same pid, new name: kernel workers rename themselves by task; still one process.)
+            spent = spent_total - before[1] if before is not None else spent_total
             if spent > 0:
-                per[pid] = spent
+                per[pid] = min(spent, seconds * cpus)
         others = min(1.0, sum(per.values()) / capacity) if capacity > 0 else None
         for pid in sorted(per, key=per.get, reverse=True)[:top]:
-            share = per[pid] / (seconds * _HZ)
+            share = per[pid] / seconds
             if share >= 0.05:
                 busiest.append((_command(pid, end.processes[pid][0]), share))
     return Load(cpus, start.load[0] if start.load else None, during, others, steal, busiest, seconds)
@@ -215,6 +182,10 @@ class PaceReference:
             return None
         return sorted(self.samples)[len(self.samples) // 10]
 
+    def session(self) -> Optional[float]:
+        """The median of this process's probes: the session's own pace, in seconds."""
+        return statistics.median(self.samples) if self.samples else None
+
     def reference(self) -> Optional[float]:
         candidates = [v for v in (self.own(), statistics.median(self.remembered) if self.remembered else None) if v]
         return min(candidates) if candidates else None
@@ -230,43 +201,12 @@ def pace_of(samples: list[float], reference: Optional[float]) -> Optional[float]
     return statistics.median(samples) / reference
 
 
-PACE_WAIT_S = 15.0  # longest wait for the machine's usual pace before a cell is measured again
-PACE_WINDOW_S = 0.2  # the pace is judged over windows of back-to-back probes this long
-
-
-def wait_for_usual_pace(limit_s: float = PACE_WAIT_S, window_s: float = PACE_WINDOW_S,
-                        probe: Optional[Callable[[], float]] = None) -> tuple[float, Optional[float]]:
-    """Probe the pace back to back until a window's median is within ``PACE_TOLERANCE`` of the
-    machine's usual, or ``limit_s`` passes. Returns (seconds waited, the last window's pace; None
-    when there is no reference yet).
-
-    Why: on a shared host the machine runs 1.1-1.6x slow for stretches of seconds with nothing
-    inside it busy (other guests on the same physical cores); a cell timed in one is measured
-    again, and a re-measurement that starts in the same stretch only repeats it. The probes run
-    back to back, not asleep, because the host treats a busy guest differently from an idle one.
-    """
-    probe = probe or pace_probe
-    reference = PACE.reference()
-    started = time.monotonic()
-    if not reference:
-        return 0.0, None
-    while True:
-        window, end = [], time.monotonic() + window_s
-        while time.monotonic() < end:
-            window.append(probe())
-        pace = pace_of(window, reference)
-        waited = time.monotonic() - started
-        if pace is not None and pace <= 1 + PACE_TOLERANCE or waited >= limit_s:
-            return waited, pace
-
-
 def sample(seconds: float = 0.25) -> Load:
     """The load over a short window from now (for the session's start), probing the pace meanwhile."""
     start = Snapshot.take()
     probes, end = [], time.monotonic() + seconds
-    while time.monotonic() < end:
+    while time.monotonic() < end:  # back to back: a probe after a sleep reads slow (a woken vCPU)
         probes.append(pace_probe())
-        time.sleep(0.004)
     PACE.add(probes)
     load = between(start, Snapshot.take())
     load.pace_probe_us = statistics.median(probes) * 1e6 if probes else None
@@ -274,17 +214,30 @@ def sample(seconds: float = 0.25) -> Load:
 
 
 def busy_reasons(load: dict[str, Any]) -> list[str]:
-    """Why a load (``Load.as_dict()``) counts as busy; empty when it does not."""
+    """Why a load (``Load.as_dict()``) counts as busy; empty when it does not. What the CPUs did
+    over the span, not the 1-minute load average, which still carries whatever ran a minute ago
+    (a set-up's install, say)."""
     reasons = []
-    cpus = load.get("cpus") or 1
-    la = load.get("load_before")
-    if la is not None and la > BUSY_LOAD_PER_CPU * cpus:
-        reasons.append(f"load average {la:.2f} on {cpus} CPUs")
     if load.get("others_cpu") is not None and load["others_cpu"] > BUSY_OTHERS:
         reasons.append(f"other processes use {load['others_cpu']:.0%} of the CPUs")
     if load.get("steal") is not None and load["steal"] > BUSY_STEAL:
         reasons.append(f"steal time {load['steal']:.1%}")
     return reasons
+
+
+CELL_PACE_TOLERANCE = 0.25  # a cell this much slower than its session's pace was disturbed (the probe's swings: ~10-20%)
+
+
+def disturbance(load: dict[str, Any], cell_pace: Optional[float], session_pace: Optional[float]) -> Optional[str]:
+    """What disturbed one cell's measurement beyond the session's own state, or None.
+
+    A session that ran slow throughout is said once for the session; a cell is disturbed when
+    other processes took the CPUs during it, the hypervisor stole time, or the machine ran
+    clearly slower during it than over the session."""
+    reasons = busy_reasons(load)
+    if cell_pace and session_pace and cell_pace / session_pace > 1 + CELL_PACE_TOLERANCE:
+        reasons.append(f"the machine ran {cell_pace / session_pace:.2f}x slower during this cell than over the session")
+    return "; ".join(reasons) or None
 
 
 def describe(load: Optional[dict[str, Any]], threads: Optional[int] = None) -> str:
@@ -332,30 +285,15 @@ class Monitor:
         return between(self.start, Snapshot.take(), self.highest)
 
 
-def cell_label(result: dict[str, Any]) -> str:
-    label = f"{result.get('model')}-{result.get('backend')}-bs{result.get('batch_size')}"
-    if result.get("precision") not in (None, "fp32"):
-        label += f"-{result['precision']}"
-    return label
+def disturbed_message(result: dict[str, Any]) -> str:
+    """Why a cell's own measurement counts as disturbed, with what the machine did meanwhile
+    (below the table and for --cnn-strict)."""
+    from .results import cell_label
 
-
-def unstable_message(result: dict[str, Any]) -> str:
-    """Why a cell counts as unstable, with what the machine did meanwhile (summary and --cnn-strict)."""
     lat = result.get("latency_ms") or {}
+    text = f"{cell_label(result)} p50 {lat.get('p50', 0):.4g} ms ±{lat.get('ci95_rel', 0):.1%}: {lat.get('disturbed') or 'disturbed'}"
     again = lat.get("remeasured")
-    text = (f"unstable timing: {cell_label(result)} p50 {lat.get('p50', 0):.4g} ms, "
-            f"±{lat.get('ci95_rel', 0):.1%} > {UNSTABLE_CI:.0%}")
-    if lat.get("ci95_within") is not None and lat.get("ci95_sessions") is not None:
-        text += f" (within the session {lat['ci95_within']:.1%}, between sessions {lat['ci95_sessions']:.1%})"
     if again:
         first = again.get("first") or {}
-        text += f", measured again {again.get('how')} after a first ±{first.get('ci95_within', 0):.1%}"
-        if first.get("threads") is not None:
-            text += f" on {first['threads']} thread{'s' if first['threads'] != 1 else ''}"
-        if first.get("pace") is not None and first["pace"] > 1 + PACE_TOLERANCE:
-            text += f" at {first['pace']:.2f}x the usual pace"
-        waited, found = again.get("waited_s"), again.get("pace_after_wait")
-        if waited is not None and found is not None:
-            text += (f" (it waited {waited:.1f} s for the usual pace first" +
-                     (", and the machine stayed slow)" if found > 1 + PACE_TOLERANCE else ")"))
+        text += f"; measured again {again.get('how')} after a first attempt ({first.get('why') or 'disturbed'})"
     return f"{text}; {describe(result.get('machine'), result.get('threads'))}"

@@ -278,9 +278,11 @@ def cnn_model(cnn_cell: CellSpec, request: pytest.FixtureRequest) -> Any:
     Override it in a conftest.py or test module, parametrized, to benchmark your own models:
     each param becomes a row on every selected backend (see README, "Adding a model")."""
     from .core import CellSkip
+    from .worklock import MachineLock
 
     try:
-        return _workbench(request.config).registered_model(cnn_cell).built
+        with MachineLock("cpu").shared():  # building (training LeNet, say) never runs beside another worker's timing
+            return _workbench(request.config).registered_model(cnn_cell).built
     except CellSkip as exc:
         pytest.skip(str(exc))
 
@@ -304,12 +306,6 @@ def cnnbench(cnn_cell: CellSpec, cnn_model: Any, request: pytest.FixtureRequest)
         identity["model"] = info.name
         model = bench.fixture_model(built, spec, info)
     return CellRunner(spec, bench, request, identity, model, identity["device"])
-
-
-@pytest.fixture
-def cnn_backend(cnnbench: Any) -> Any:
-    """The backend object under test (skips when it cannot run here)."""
-    return cnnbench.backend
 
 
 @pytest.fixture

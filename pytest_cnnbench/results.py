@@ -19,6 +19,16 @@ RESULT_PROPERTY = "cnnbench_result"  # figures, recorded once measured
 STATUSES = ("passed", "failed", "skipped", "error")
 
 
+def cell_label(row: dict[str, Any]) -> str:
+    """A cell's one name, e.g. ``resnet50-ort-bs1`` or ``lenet-ort-bs1-int8`` (``-cuda`` on a GPU)."""
+    label = f"{row.get('model')}-{row.get('backend')}-bs{row.get('batch_size')}"
+    if row.get("precision") not in (None, "fp32"):
+        label += f"-{row['precision']}"
+    if row.get("device") not in (None, "cpu"):
+        label += f"-{row['device']}"
+    return label
+
+
 def empty_result(cell: dict[str, Any]) -> dict[str, Any]:
     return {
         "model": cell["model"],
@@ -35,6 +45,8 @@ def empty_result(cell: dict[str, Any]) -> dict[str, Any]:
         "weights_note": None,  # where the weights came from, or why pretrained ones could not be had
         "weights_id": None,  # the published weights, e.g. ResNet50_Weights.IMAGENET1K_V2
         "latency_ms": None,
+        "speedup": None,  # {"value", "ci95_rel", "paired", "reference"}: the reference's p50 over this row's
+        "timing_window": None,  # {"start", "end"}: Unix seconds of the first and last timed call
         "throughput_ips": None,
         "memory_mb": {"host_peak": None, "host_delta": None, "host_after": None, "device_peak": None, "device_peak_source": None},
         "prepare_s": None,

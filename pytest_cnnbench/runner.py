@@ -1,15 +1,19 @@
 """One cell, measured: what the ``cnnbench`` fixture hands a test.
 
-``CellRunner.run()`` prepares the model on the backend, runs the accuracy pass, times
-the cell and measures memory, then records the result for the table. The shared,
-per-process state (models, datasets, references) is the ``Workbench``'s. Imported only
-when a cell runs, so torch stays out of collection.
+``CellRunner.run()`` prepares the model on the backend, runs the accuracy pass, times the
+cell beside its reference (eager, for the paired speedup) and measures memory, then records
+the result for the table. The shared, per-process state (models, datasets, references) is the
+``Workbench``'s; how threads are chosen is ``threadchoice``'s; the timed loop is ``timing``'s;
+when a cell is measured again is ``remeasure_reason`` below. Imported only when a cell runs,
+so torch stays out of collection.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
+import math
 import statistics
 import time
 from typing import Any, Callable, Iterator, Optional
@@ -17,70 +21,61 @@ from typing import Any, Callable, Iterator, Optional
 import pytest
 import torch
 
-from . import registry
+from . import registry, threadchoice, worklock
 from . import results as R
+from .accuracy import Agreement, accuracy_from_logits, agreement, evaluate
 from .backends.base import PrepareContext, Prepared
-from .core import BuiltModel, CellSkip, CellSpec
-from .measure import (SESSION_HISTORY, UNSTABLE_CI, Agreement, HostMemory, LatencyStats, TimingRules, accuracy_from_logits,
-                      agreement, at_usual_pace, compare_interleaved, current_rss_mb, evaluate, pace_spread, session_spread,
-                      time_again, time_with_benchmark)
-from .machine import unstable_message
-from .workbench import ACCURACY_BATCH, CellModel, ModelInfo, Workbench, accuracy_batch, device_name, scale_uint8
+from .core import CellSkip, CellSpec
+from .memory import HostMemory, current_rss_mb
+from .models.fixture_model import FixtureModelError, check_fixture_model  # noqa: F401  (re-exported for plugin.py)
+from .stats import SESSION_HISTORY, UNSTABLE_CI, LatencyStats, Speedup, at_usual_pace, pace_spread, session_spread
+from .timing import Companion, Timing, TimingRules, hand_to_benchmark, time_cell
+from .workbench import ACCURACY_BATCH, CellModel, Workbench, accuracy_batch, device_name
+
+# Backends whose calls run on torch's intra-op pool (the thread count can change between calls),
+# and those whose thread count is fixed when prepared (the accuracy pass gets its own instance).
+TORCH_THREADED = {"eager", "torchscript"}
+THREADS_AT_PREPARE = {"ort", "openvino"}
+REFERENCE = "reference"  # the companion name of the eager reference a cell's speedup is measured against
+# Precisions eager PyTorch has no path for on a device: their speedup is over eager fp32.
+EAGER_LACKS = {("cpu", "fp16"), ("cpu", "int8"), ("cuda", "int8")}
 
 
-class FixtureModelError(Exception):
-    """What a user's ``cnn_model`` fixture gave cannot be benchmarked; the message names the fixture."""
+def remeasure_reason(stats: LatencyStats, disturbed: Optional[str]) -> Optional[str]:
+    """Why a cell is measured a second time, or None: its own calls spread too wide, or something
+    disturbed it (another process, a slow stretch beyond the session's). A whole session off its
+    usual pace is not a reason: measuring again inside it would only repeat it."""
+    if disturbed:
+        return disturbed
+    within = stats.ci95_within if stats.ci95_within is not None else stats.ci95_rel
+    if within > UNSTABLE_CI:
+        return f"its calls spread ±{within:.1%} (> {UNSTABLE_CI:.0%})"
+    return None
 
 
-def check_fixture_model(value: Any, spec: CellSpec, marker: dict[str, Any]) -> tuple[BuiltModel, ModelInfo]:
-    """Turn what a user's ``cnn_model`` fixture returned into a model and its shapes, or say
-    clearly why it cannot be benchmarked (naming the fixture and the dataset options)."""
-    where = f"{spec.model_fixture} (param {spec.model!r})" if spec.model else str(spec.model_fixture)
-    if isinstance(value, BuiltModel):
-        built = value
-    elif isinstance(value, torch.nn.Module):
-        built = BuiltModel(value, scale_uint8, "user", f"module from {spec.model_fixture}", "scale-uint8")
-    else:
-        raise FixtureModelError(f"{where} returned {type(value).__name__}, not a torch.nn.Module or a "
-                                "pytest_cnnbench.BuiltModel; return the model to benchmark")
-    if not isinstance(built.module, torch.nn.Module):
-        raise FixtureModelError(f"{where} returned a BuiltModel whose module is a {type(built.module).__name__}, "
-                                "not a torch.nn.Module")
-    if not spec.dataset:
-        raise FixtureModelError(
-            f"{where}: no dataset to feed the model: mark the test with @pytest.mark.cnnbench(dataset=...) or run with "
-            f"--cnn-dataset=...; datasets: {', '.join(registry.datasets.names())}")
-    dataset_meta = registry.datasets.get(spec.dataset).meta
-    if not isinstance(value, BuiltModel) and dataset_meta.get("bare_preprocess") is not None:
-        # e.g. ImageNet folders hold PIL images: a bare module gets the standard resize/crop/normalize.
-        preprocess, preprocess_id = dataset_meta["bare_preprocess"]()
-        built = BuiltModel(built.module, preprocess, "user", built.weights_note, preprocess_id)
-    input_shape = built.input_shape or marker.get("input_shape") or dataset_meta.get("input_shape")
-    if not input_shape:
-        raise FixtureModelError(
-            f"{where}: the {spec.dataset} dataset has no fixed input shape: give one with "
-            "BuiltModel(..., input_shape=(C, H, W)) or @pytest.mark.cnnbench(input_shape=(C, H, W))")
-    input_shape = tuple(int(d) for d in input_shape)
+@contextlib.contextmanager
+def all_cores() -> Iterator[None]:
+    """Untimed passes (the eager reference, accuracy) run on every core: nothing measures their speed."""
+    from .environment import physical_cores
+
+    before = torch.get_num_threads()
+    wanted = max(physical_cores(), 1)
+    if wanted != before:
+        torch.set_num_threads(wanted)
     try:
-        with torch.inference_mode():
-            out = built.module.eval()(torch.zeros(2, *input_shape))
-    except Exception as exc:
-        raise FixtureModelError(f"{where}: the model fails on a batch of 2 inputs of shape {input_shape}: "
-                                f"{type(exc).__name__}: {exc}") from None
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise FixtureModelError(f"{where}: for a batch of 2 inputs of shape {input_shape} the model returned {shape}; "
-                                "a classifier must return logits of shape (batch, classes)")
-    num_classes = int(built.num_classes or marker.get("num_classes") or out.shape[1])
-    if out.shape[1] != num_classes:
-        raise FixtureModelError(f"{where}: the model returns {out.shape[1]} logits per input but says it has "
-                                f"{num_classes} classes")
-    dataset_classes = dataset_meta.get("num_classes")
-    if dataset_classes and num_classes != dataset_classes:
-        raise FixtureModelError(f"{where}: the model predicts {num_classes} classes but the {spec.dataset} dataset "
-                                f"has {dataset_classes}; choose a matching dataset")
-    name = built.name or spec.model or type(built.module).__name__.lower()
-    return built, ModelInfo(name, input_shape, num_classes)
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def benchmark_disabled(config: pytest.Config) -> bool:
+    """The user turned timing off (--benchmark-disable); pytest-benchmark turning itself off under
+    xdist does not count: the harness times with its own timer and hands the figures over."""
+    try:
+        return bool(config.getoption("benchmark_disable")) and not config.getoption("benchmark_enable")
+    except ValueError:
+        return False
 
 
 @contextlib.contextmanager
@@ -130,15 +125,17 @@ class CellRunner:
         self.reference_top1: Optional[float] = None
         self.backend = registry.backends.create(spec.backend)
         self.companions: dict[str, LatencyStats] = {}
-        self.paired: dict[str, tuple[float, int]] = {}  # companion -> (cell / companion time, chunk by chunk; chunks)
+        self.paired: dict[str, tuple[float, float, int]] = {}  # companion -> (its time / the cell's; ±; chunks)
+        self.lock = worklock.for_device(device, bench.claim_gpu() if device == "cuda" else 0)
 
     def run(self, companions: Optional[dict[str, Callable[[], Any]]] = None) -> dict[str, Any]:
         """Prepare, evaluate accuracy, time, measure memory; record and return the result dict.
 
         ``companions``: other calls to time in the same loop as the cell, alternating with it
-        in short chunks (see ``measure.BlockSchedule``); their figures land in
-        ``self.companions``, the cell's time over each companion's, chunk by chunk, in
-        ``self.paired``, and both in the result's ``companions_ms``. The self-checks use them.
+        in short chunks (see ``timing.BlockSchedule``); their figures land in
+        ``self.companions``, each one's time over the cell's, chunk by chunk, in
+        ``self.paired``, and both in the result's ``companions_ms``. The self-checks use them;
+        the eager reference of the speedup is one more, added here.
         """
         if self.result is not None:
             return self.result
@@ -146,10 +143,12 @@ class CellRunner:
         built = model.built
         result = R.empty_result({**self.identity, "device": self.device})
         result["device_name"] = device_name(self.device)
+        if self.device == "cuda":
+            result["gpu"] = bench.gpu_index
         phases: dict[str, float] = result["phases_s"]
         phases["model"] = bench.take_build_seconds()
         try:
-            with _phase(phases, "dataset"):
+            with _phase(phases, "dataset"), self.lock.shared():
                 dataset, images, labels = bench.dataset(spec, built, model.info)
         except CellSkip as exc:
             pytest.skip(str(exc))
@@ -162,14 +161,15 @@ class CellRunner:
         ctx = bench.prepare_ctx(spec, self.device, model)
         # The eager reference first, outside the memory span: its pass (when not cached) is not
         # the cell's, and on a GPU its allocations would inflate the cell's device peak.
-        with _phase(phases, "accuracy"):
+        with _phase(phases, "accuracy"), self.lock.shared(), all_cores():
             reference = bench.reference(model, self.device, images, labels, dataset.content_id, spec)
         if spec.precision == "int8":  # calibration images, held apart from the evaluated ones where the data allows
-            with _phase(phases, "dataset"):
+            with _phase(phases, "dataset"), self.lock.shared():
                 calibration = bench.calibration(spec, built, model.info)
             ctx.calibration, ctx.calibration_id, ctx.calibration_note = calibration.images, calibration.id, calibration.note
         threads_before = torch.get_num_threads()
         prepared: Optional[Prepared] = None
+        reference_prepared: Optional[Prepared] = None
         memory = HostMemory()
         device_memory = self._device_memory()
         stats = None
@@ -186,100 +186,177 @@ class CellRunner:
                 if getattr(prepared, "artifact_bytes", None) is not None:
                     result["artifact_mb"] = prepared.artifact_bytes / 2**20
 
-                with _phase(phases, "accuracy"):
-                    self._accuracy(result, prepared, images, labels, dataset.content_id, reference)
+                with _phase(phases, "accuracy"), self.lock.shared():
+                    self._accuracy(result, prepared, built.module, ctx, images, labels, dataset.content_id, reference)
                 device_memory.sample()
 
                 # Requested only now, so a cell that skips or fails earlier never touches pytest-benchmark.
                 self.benchmark = self.request.getfixturevalue("benchmark")
-                s = bench.settings
-                rules = TimingRules(s.warmup, s.min_rounds, s.max_rounds, s.max_time, s.target_ci, s.min_time)
-                with _phase(phases, "timing"), torch.inference_mode():
-                    stats, prepared = self._time(prepared, batch, rules, built.module, ctx, result, companions)
-                    # Optional members of the protocol: a user's backend may have only run/bind/close.
-                    bind_device = getattr(prepared, "bind_device", None)
-                    device_call = bind_device(batch) if bind_device is not None else None
-                    if device_call is not None and stats is not None:
-                        self._time_on_device(result, device_call, rules)
+                if not benchmark_disabled(self.request.config):
+                    s = bench.settings
+                    rules = TimingRules(s.warmup, s.min_rounds, s.max_rounds, s.max_time, s.target_ci, s.min_time)
+                    all_companions = {name: Companion(call) for name, call in (companions or {}).items()}
+                    with _phase(phases, "prepare"):
+                        reference_prepared, reference_companion = self._reference_companion(built.module, ctx, result)
+                    if reference_companion is not None:
+                        all_companions[REFERENCE] = reference_companion
+                    with _phase(phases, "timing"), torch.inference_mode(), self.lock.exclusive():
+                        stats, prepared = self._time(prepared, batch, rules, built.module, ctx, result, all_companions)
+                        # Optional members of the protocol: a user's backend may have only run/bind/close.
+                        bind_device = getattr(prepared, "bind_device", None)
+                        device_call = bind_device(batch) if bind_device is not None else None
+                        if device_call is not None:
+                            self._time_on_device(result, device_call, rules)
+                    if companions is not None:
+                        result["companions_ms"] = {
+                            name: {**c.as_dict(), "paired_ratio": 1 / self.paired[name][0] if name in self.paired else None}
+                            for name, c in self.companions.items() if name != REFERENCE}
             if stats is not None:
                 result["latency_ms"] = stats.as_dict()
                 result["throughput_ips"] = spec.batch_size * 1000.0 / stats.p50
             result["memory_mb"].update(host_peak=memory.peak_mb, host_delta=memory.delta_mb,
                                        device_peak=device_memory.peak_mb, device_peak_source=device_memory.source)
         finally:
-            if prepared is not None:
-                prepared.close()
-            del prepared
-            torch.set_num_threads(threads_before)
+            for held in (prepared, reference_prepared):
+                if held is not None:
+                    held.close()
+            del prepared, reference_prepared
+            if torch.get_num_threads() != threads_before:
+                torch.set_num_threads(threads_before)
             gc.collect()
         # What the process holds once the cell is released: it must not grow from cell to cell.
         result["memory_mb"]["host_after"] = current_rss_mb()
         self.result = result
         self.item.user_properties.append((R.RESULT_PROPERTY, result))
-        if stats is not None and self.benchmark is not None and not getattr(self.benchmark, "disabled", False):
+        if stats is not None and self.benchmark is not None and not getattr(self.benchmark, "disabled", True):
             self.benchmark.extra_info.update({"cnnbench": {k: v for k, v in result.items() if k != "test"}})
         if stats is not None and stats.stable is False and bench.settings.strict:
-            pytest.fail(f"{unstable_message(result)} (--cnn-strict)", pytrace=False)
+            from .machine import disturbed_message
+
+            pytest.fail(f"disturbed timing: {disturbed_message(result)} (--cnn-strict)", pytrace=False)
         return result
+
+    # -- the reference of the speedup -------------------------------------------------------
+    def _reference_spec(self) -> Optional[tuple[str, str]]:
+        """(label, precision) of the eager cell this one's speedup is measured against, or None
+        for the eager reference itself."""
+        spec = self.spec
+        if spec.backend == "eager" and spec.precision == "fp32":
+            return None
+        precision = spec.precision
+        if spec.backend == "eager" or (self.device, precision) in EAGER_LACKS:
+            precision = "fp32"
+        if spec.backend == "eager" and precision == spec.precision:
+            return None
+        label = R.cell_label({**self.identity, "backend": "eager", "precision": precision, "device": self.device})
+        return label, precision
+
+    def _reference_companion(self, module: torch.nn.Module, ctx: PrepareContext,
+                             result: dict[str, Any]) -> tuple[Optional[Prepared], Optional[Companion]]:
+        """Eager, prepared beside the cell, at the thread count eager's own row runs with."""
+        found = self._reference_spec()
+        if found is None:
+            return None, None
+        label, precision = found
+        eager = registry.backends.create("eager")
+        if eager.unavailable_reason(self.device, precision):
+            return None, None
+        eager_ctx = dataclasses.replace(ctx, precision=precision, calibration=None, calibration_id="", calibration_note="")
+        parts = self._choice_parts(backend="eager", precision=precision)
+        threads = None
+        if self.device == "cpu":
+            threads = self.bench.settings.threads or self.bench.chosen_threads.get(parts) or self._remembered_threads(parts) or 1
+        batch = self._batch
+        with torch.inference_mode(False):
+            prepared = eager.prepare(module, eager_ctx)
+        result["speedup"] = {"value": None, "ci95_rel": None, "paired": True, "reference": label}
+        return prepared, Companion(prepared.bind(batch), threads)
+
+    def _remembered_threads(self, parts: tuple) -> Optional[int]:
+        from . import tuning
+
+        record = tuning.remembered_choice(self.bench.cache, "threads", parts, False)
+        return record["choice"] if record and isinstance(record.get("choice"), int) else None
 
     # -- timing ---------------------------------------------------------------------------------
     def _time(self, prepared: Prepared, batch: torch.Tensor, rules: TimingRules, module: torch.nn.Module,
               ctx: PrepareContext, result: dict[str, Any],
-              companions: Optional[dict[str, Callable[[], Any]]]) -> tuple[Optional[LatencyStats], Prepared]:
-        """Time the cell; measure it again once if its spread is wide; add the between-session term.
+              companions: dict[str, Companion]) -> tuple[LatencyStats, Prepared]:
+        """Time the cell beside its companions; measure it again once if its own measurement was
+        disturbed; add the between-session and pace terms; hand the calls to pytest-benchmark.
 
-        Returns the statistics (None with --benchmark-disable) and the prepared model timed last
-        (a re-measurement on one thread prepares the model again)."""
-        from . import machine, tuning
+        Returns the statistics and the prepared model timed last (a re-measurement on one thread
+        prepares the model again)."""
+        from . import machine
 
-        monitor = machine.Monitor()
-        timing = time_with_benchmark(self.benchmark, prepared.bind(batch), rules, companions, monitor.tick)
-        if timing is None:
-            return None, prepared
-        stats, pace = timing.stats, self._pace(timing.pace)
-        if stats.ci95_rel > UNSTABLE_CI or pace_spread(pace, machine.PACE_TOLERANCE):
-            load = monitor.finish().as_dict()
+        timing, load, disturbed = self._timed_once(prepared, batch, rules, companions)
+        why = remeasure_reason(timing.stats, disturbed)
+        remeasured = None
+        if why:
             threads = result.get("threads")
-            first = {"p50": stats.p50, "ci95_within": stats.ci95_rel, "pace": pace, "threads": threads, "machine": load}
-            if self.device == "cpu" and threads and threads > 1 and machine.busy_reasons(load):
+            first = {"p50": timing.stats.p50, "ci95_within": timing.stats.ci95_within, "pace": load.pace,
+                     "threads": threads, "machine": load.as_dict(), "why": why}
+            if self.device == "cpu" and threads and threads > 1 and machine.busy_reasons(load.as_dict()):
                 # Threads of one call wait on a sibling that other processes keep off a core.
                 how = "on 1 thread (other processes compete for the cores)"
                 prepared = self._prepare_again(prepared, module, ctx, 1, result)
             else:
                 how = "for twice as long"
-            # A slow stretch of the host lasts seconds: start the second measurement outside it.
-            waited, pace_after_wait = machine.wait_for_usual_pace()
-            monitor = machine.Monitor()
-            timing = time_again(self.benchmark, prepared.bind(batch), rules.longer(), companions, monitor.tick)
-            stats, pace = timing.stats, self._pace(timing.pace)
-            stats.remeasured = {"how": how, "first": first, "waited_s": round(waited, 2), "pace_after_wait": pace_after_wait}
+            timing, load, disturbed = self._timed_once(prepared, batch, rules.longer(), companions)
+            remeasured = {"how": how, "first": first}
+            # "before" is before the cell's first measurement
+            load.load_before = first["machine"].get("load_before", load.load_before)
+        hand_to_benchmark(self.benchmark, timing.seconds)
         self.companions, self.paired = timing.companions, timing.paired
-        if companions is not None:
-            result["companions_ms"] = {name: {**c.as_dict(), "paired_ratio": timing.paired.get(name, (None,))[0]}
-                                       for name, c in timing.companions.items()}
-        load = monitor.finish()
-        if stats.remeasured is not None:  # "before" is before the cell's first measurement
-            first_load = stats.remeasured["first"]["machine"]
-            load.load_before = first_load.get("load_before", load.load_before)
-            if first_load.get("load_during") is not None and load.load_during is not None:
-                load.load_during = max(load.load_during, first_load["load_during"])
-        load.pace = pace
-        load.pace_probe_us = statistics.median(timing.pace) * 1e6 if timing.pace else None
         result["machine"] = load.as_dict()
+        result["timing_window"] = {"start": timing.window[0], "end": timing.window[1]}
         # Between sessions: this cell, in this configuration, in earlier sessions on this machine.
+        from . import tuning
+
         parts = (*self._choice_parts(), result.get("threads"), result.get("provider"))
         earlier = tuning.earlier_p50s(self.bench.cache, parts)
-        pace_term = pace_spread(pace, machine.PACE_TOLERANCE)
-        stats = stats.with_sessions(session_spread(earlier), len(earlier), rules.target_ci, pace_term)
-        if at_usual_pace(pace, machine.PACE_TOLERANCE):
-            # Every session at the machine's usual pace counts, unstable ones too (leaving out the
+        stats = timing.stats.with_sessions(session_spread(earlier), len(earlier), rules.target_ci,
+                                           pace_spread(load.pace, machine.PACE_TOLERANCE), disturbed)
+        stats.remeasured = remeasured
+        if REFERENCE in timing.paired and result.get("speedup"):
+            # Drift cancels out of a ratio, so any undisturbed session's speedup joins its history.
+            result["speedup"] = self._speedup(timing.paired[REFERENCE], result["speedup"]["reference"], parts,
+                                              remember=disturbed is None)
+        if at_usual_pace(load.pace, machine.PACE_TOLERANCE):
+            # Every session at the machine's usual pace counts, disturbed ones too (leaving out the
             # sessions that strayed would understate how far sessions stray); one timed while the
             # machine ran slow owes its deviation to that, which its own pace term states.
             tuning.add_session(self.bench.cache, parts, {"p50": stats.p50, "ci95_within": stats.ci95_within,
-                                                         "stable": stats.stable, "pace": pace,
-                                                         "load_before": result["machine"]["load_before"],
+                                                         "stable": stats.stable, "pace": load.pace,
                                                          "others_cpu": result["machine"]["others_cpu"]}, SESSION_HISTORY)
         return stats, prepared
+
+    def _timed_once(self, prepared: Prepared, batch: torch.Tensor, rules: TimingRules,
+                    companions: dict[str, Companion]) -> tuple[Timing, Any, Optional[str]]:
+        from . import machine
+
+        monitor = machine.Monitor()
+        timing = time_cell(prepared.bind(batch), rules, companions, monitor.tick)
+        load = monitor.finish()
+        load.pace = self._pace(timing.pace)
+        load.pace_probe_us = statistics.median(timing.pace) * 1e6 if timing.pace else None
+        session = machine.PACE.session()
+        cell = statistics.median(timing.pace) if timing.pace else None
+        return timing, load, machine.disturbance(load.as_dict(), cell, session)
+
+    def _speedup(self, paired: tuple[float, float, int], reference: str, parts: tuple, remember: bool) -> dict[str, Any]:
+        """The paired speedup with its interval: within this session (chunk by chunk) and between
+        sessions (this cell's earlier paired speedups), in quadrature."""
+        from . import tuning
+
+        value, within, chunks = paired
+        key = (*parts, "speedup over", reference)  # its own history, beside the p50's
+        earlier = tuning.earlier_p50s(self.bench.cache, key)
+        between = session_spread(earlier)
+        total = math.sqrt(within ** 2 + between ** 2) if math.isfinite(within) else math.inf
+        if remember:
+            tuning.add_session(self.bench.cache, key, {"p50": value, "ci95_within": within}, SESSION_HISTORY)
+        return Speedup(value, total, True, reference, within, between, chunks).as_dict()
 
     def _pace(self, probes: list[float]) -> Optional[float]:
         """How much slower than its usual the machine ran over these probes (None: no reference yet).
@@ -314,62 +391,43 @@ class CellRunner:
         return DeviceMemory(torch_allocator=bool(getattr(self.backend, "uses_torch_allocator", False)))
 
     # -- preparation and thread choice ------------------------------------------------------
-    def _choice_parts(self) -> tuple:
+    def _choice_parts(self, backend: Optional[str] = None, precision: Optional[str] = None) -> tuple:
         """The cell, as remembered choices and earlier sessions are keyed (with the machine, in tuning.py)."""
-        return (self.model.key, self.spec.backend, self.spec.batch_size, self.spec.precision, self.device,
-                self.spec.dataset, tuple(self.model.info.input_shape))
-
-    def _thread_candidates(self) -> tuple[list[int], str]:
-        """Thread counts to prepare, the robust one (1) first, and where the choice comes from."""
-        if self.device != "cpu":
-            return [torch.get_num_threads()], "device"
-        if self.bench.settings.threads is not None:
-            return [self.bench.settings.threads], "option"
-        cell = self._choice_parts()
-        if cell in self.bench.chosen_threads:
-            return [self.bench.chosen_threads[cell]], "this session"
-        from . import tuning
-
-        record = tuning.remembered_choice(self.bench.cache, "threads", cell, self.bench.settings.reprobe)
-        if record is not None and isinstance(record["choice"], int) and record["choice"] >= 1:
-            return [record["choice"]], "remembered"
-        from .environment import physical_cores
-
-        cores = physical_cores()
-        return ([1, cores] if cores > 1 else [1]), "probed"
+        return (self.model.key, backend or self.spec.backend, self.spec.batch_size, precision or self.spec.precision,
+                self.device, self.spec.dataset, tuple(self.model.info.input_shape))
 
     def _prepare(self, module: torch.nn.Module, ctx: PrepareContext, batch: torch.Tensor, result: dict[str, Any]) -> Prepared:
-        """Prepare the model; on the CPU with --cnn-threads=auto, with the thread count remembered
-        for this machine and cell, or else once per candidate (1 and one per physical core),
-        compared interleaved: more threads must be clearly faster to replace one thread, which
-        stays fast when other processes take a core (threads waiting on a descheduled sibling
-        cost milliseconds). The choice is remembered (tuning.py)."""
-        candidates, source = self._thread_candidates()
+        """Prepare the model; on the CPU with --cnn-threads=auto, once per thread candidate
+        (``threadchoice``), compared interleaved with the machine to itself; the choice is remembered."""
+        self._batch = batch
+        settings = self.bench.settings
+        cell = self._choice_parts()
+        choice = threadchoice.candidates(self.device, settings.threads, self.bench.chosen_threads, cell, self.bench.cache,
+                                         settings.reprobe, torch.get_num_threads())
+        candidates = choice.candidates
         options: dict[int, tuple[Prepared, float]] = {}
         comparison = None
         try:
-            for threads in candidates:
-                torch.set_num_threads(threads)
-                ctx.threads = threads
-                started = time.perf_counter()
-                options[threads] = (self.backend.prepare(module, ctx), time.perf_counter() - started)
+            with self.lock.shared():
+                for threads in candidates:
+                    torch.set_num_threads(threads)
+                    ctx.threads = threads
+                    started = time.perf_counter()
+                    options[threads] = (self.backend.prepare(module, ctx), time.perf_counter() - started)
             if len(candidates) > 1:
                 calls = {n: options[n][0].bind(batch) for n in candidates}
-                before = {n: (lambda n=n: torch.set_num_threads(n)) for n in candidates}
-                with torch.inference_mode():
-                    comparison = compare_interleaved(calls, before)
+                with torch.inference_mode(), self.lock.exclusive():
+                    comparison = threadchoice.probe(calls, torch.set_num_threads)
         except BaseException:
             for unused, _ in options.values():
                 unused.close()
             raise
         threads = comparison.choice if comparison is not None else candidates[0]
         ctx.threads = threads
-        if self.device == "cpu" and self.bench.settings.threads is None:
-            self.bench.chosen_threads[self._choice_parts()] = threads
+        if self.device == "cpu" and settings.threads is None:
+            self.bench.chosen_threads[cell] = threads
             if comparison is not None:
-                from . import tuning
-
-                tuning.remember_choice(self.bench.cache, "threads", self._choice_parts(), threads, comparison.as_dict())
+                threadchoice.remember(self.bench.cache, cell, threads, comparison)
         prepared = options[threads][0]
         # The first preparation is the one that built (or loaded) the artifact: report its cost.
         first, prepare_s = options[candidates[0]]
@@ -380,15 +438,16 @@ class CellRunner:
         probes_ms = {str(n): ms for n, ms in comparison.medians_ms.items()} if comparison is not None else None
         result.update(threads=threads, thread_probe_ms=probes_ms, prepare_s=prepare_s,
                       prepare_cached=bool(getattr(first, "cache_hit", False)),
-                      thread_choice={"source": source, "verdict": comparison.verdict if comparison is not None else None})
+                      thread_choice={"source": choice.source, "verdict": comparison.verdict if comparison is not None else None})
         return prepared
 
     def _time_on_device(self, result: dict[str, Any], call: Callable[[], Any], rules: TimingRules) -> None:
         """Compute latency with the input already on the GPU, as trtexec's GPU compute time."""
         from .gpu import time_device_calls
-        from .measure import latency_stats, plan_rounds
+        from .stats import latency_stats
+        from .timing import plan_timing
 
-        rounds = plan_rounds(call, rules)
+        rounds = plan_timing(call, rules).rounds
         wall, device = time_device_calls(call, rounds, events=bool(getattr(self.backend, "uses_torch_allocator", False)
                                                                    or self.spec.backend == "trt"))
         result["compute_latency_ms"] = latency_stats(wall, rules.target_ci).as_dict()
@@ -396,8 +455,8 @@ class CellRunner:
             result["device_time_ms"] = latency_stats(device, rules.target_ci).as_dict()
 
     # -- accuracy -----------------------------------------------------------------------------
-    def _accuracy(self, result: dict[str, Any], prepared: Prepared, images: torch.Tensor, labels: torch.Tensor,
-                  content_id: str, reference: torch.Tensor) -> None:
+    def _accuracy(self, result: dict[str, Any], prepared: Prepared, module: torch.nn.Module, ctx: PrepareContext,
+                  images: torch.Tensor, labels: torch.Tensor, content_id: str, reference: torch.Tensor) -> None:
         spec, bench, model = self.spec, self.bench, self.model
         acc_key = (model.key, content_id, spec.backend, self.device, spec.precision)
         acc = bench.accuracy.get(acc_key)
@@ -407,8 +466,7 @@ class CellRunner:
                 # repeat this pass (``reference_cached`` in the result says so).
                 acc = accuracy_from_logits(reference, labels)
             else:
-                batch_size = min(accuracy_batch(images), getattr(prepared, "max_batch", None) or ACCURACY_BATCH)
-                acc = evaluate(prepared.run, images, labels, batch_size, model.info.num_classes)
+                acc = self._evaluate_on_all_cores(prepared, module, ctx, images, labels)
             bench.accuracy[acc_key] = acc
         result.update(samples=acc.samples, top1=acc.top1, top5=acc.top5)
         reference_acc = accuracy_from_logits(reference, labels)
@@ -421,6 +479,26 @@ class CellRunner:
         # The accuracy cost of this row (precision, backend) in points against eager fp32 on the same images.
         result["delta_top1_pp"] = _points(acc.top1, reference_acc.top1)
         result["delta_top5_pp"] = _points(acc.top5, reference_acc.top5)
+
+    def _evaluate_on_all_cores(self, prepared: Prepared, module: torch.nn.Module, ctx: PrepareContext,
+                               images: torch.Tensor, labels: torch.Tensor) -> Any:
+        """The accuracy pass is not timed, so it runs on every core: torch-threaded backends switch
+        their pool for it; those whose thread count is fixed when prepared (ONNX Runtime, OpenVINO)
+        get an instance of their own (the artifact comes from the cache)."""
+        from .environment import physical_cores
+
+        cores = physical_cores()
+        runner, extra = prepared, None
+        if self.device == "cpu" and self.spec.backend in THREADS_AT_PREPARE and (ctx.threads or cores) < cores:
+            extra = self.backend.prepare(module, dataclasses.replace(ctx, threads=cores))
+            runner = extra
+        try:
+            batch_size = min(accuracy_batch(images), getattr(runner, "max_batch", None) or ACCURACY_BATCH)
+            with all_cores() if self.spec.backend in TORCH_THREADED else contextlib.nullcontext():
+                return evaluate(runner.run, images, labels, batch_size, self.model.info.num_classes)
+        finally:
+            if extra is not None:
+                extra.close()
 
     # -- what suites call ------------------------------------------------------------------------
     def note(self, text: str) -> None:

@@ -95,8 +95,8 @@ class CnnBenchSession:
         if reasons and reporter is not None:
             reporter.write_line(
                 f"cnnbench: WARNING: the machine is busy before timing starts ({'; '.join(reasons)}): "
-                f"{machine.describe(self.load_at_start)}. Timings will be noisier: expect wider ±ci and cells "
-                "flagged unstable; for figures to report, quiet the machine first.", yellow=True, bold=True)
+                f"{machine.describe(self.load_at_start)}. Cells timed beside that work are flagged as disturbed; "
+                "for figures to report, quiet the machine first.", yellow=True, bold=True)
 
     # -- reporting --------------------------------------------------------------------
     @property
@@ -200,17 +200,16 @@ class CnnBenchSession:
             tr.write_line(format_profile(self.results))
 
     def _summarize_unstable(self, tr: Any) -> None:
-        from .machine import UNSTABLE_CI, unstable_message
+        from .machine import disturbed_message
 
-        unstable = [r for r in self.results if (r.get("latency_ms") or {}).get("stable") is False]
-        if not unstable:
+        disturbed = [r for r in self.results if (r.get("latency_ms") or {}).get("stable") is False]
+        if not disturbed:
             return
-        tr.write_sep("-", f"cnnbench: {len(unstable)} unstable cell(s): stated spread above {UNSTABLE_CI:.0%} "
-                          "even after measuring again", yellow=True, bold=True)
-        for r in unstable:
-            tr.write_line(f"UNSTABLE {unstable_message(r)[len('unstable timing: '):]}", yellow=True)
-        tr.write_line("cnnbench: their p50s may be off by more than the table shows; quiet the machine (see README, "
-                      "\"How figures are measured\") or run with --cnn-strict to fail them")
+        tr.write_sep("-", f"cnnbench: {len(disturbed)} cell(s) disturbed while timed (? in the table)", yellow=True, bold=True)
+        for r in disturbed:
+            tr.write_line(f"DISTURBED {disturbed_message(r)}", yellow=True)
+        tr.write_line("cnnbench: their p50s may be off by more than the table shows; rerun them on a quiet machine "
+                      "(docs/measurement.md), or run with --cnn-strict to fail them")
 
     def _summarize_comparison(self, tr: Any) -> None:
         comparison = self.comparison

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import statistics
 from typing import Any, Iterable, Optional
 
 from tabulate import tabulate
+
+from .results import cell_label
 
 HEADERS = [
     "model", "backend", "dev", "prec", "bs", "thr", "top-1", "top-5", "agree", "p50 ms", "p99 ms", "±ci",
@@ -18,7 +22,9 @@ BROKEN_MARK = "!"
 
 
 FALLBACK_MARK = "†"
-UNSTABLE_MARK = "?"  # in the ±ci column: the cell's timing is unstable (latency_ms.stable is false)
+UNSTABLE_MARK = "?"  # in the ±ci column: the cell's own measurement was disturbed (latency_ms.stable is false)
+UNPAIRED_MARK = "~"  # a speedup from two p50s timed apart, not side by side (speedup.paired is false)
+PACE_TOLERANCE = 0.10  # as machine.PACE_TOLERANCE: a session this far off its usual pace is said to be
 # Precisions eager PyTorch has no path for on a device: their rows' speedup is over eager fp32.
 EAGER_LACKS = {("cpu", "fp16"), ("cpu", "int8"), ("cuda", "int8")}
 
@@ -38,25 +44,73 @@ def _key(r: dict[str, Any], precision: Optional[str] = None) -> tuple:
             r["batch_size"], r.get("dataset"))
 
 
-def speedups(results: list[dict[str, Any]]) -> list[Optional[float]]:
-    """Eager p50 / cell p50, against eager of the same test, model, dataset, device, precision and
-    batch size; for a precision eager cannot run on that device (int8, fp16 on a CPU), eager fp32."""
-    return [speed for speed, _ in _speedups(results)]
+def speedups(results: list[dict[str, Any]]) -> list[Optional[dict[str, Any]]]:
+    """Each row's speedup over eager: ``{"value", "ci95_rel", "paired", "reference"}``.
 
-
-def _speedups(results: list[dict[str, Any]]) -> list[tuple[Optional[float], bool]]:
+    A row timed beside its eager reference (``speedup`` in its result) keeps that paired figure.
+    Otherwise it is eager p50 / the row's p50, against eager of the same test, model, dataset,
+    device, precision and batch size (for a precision eager cannot run on that device, eager
+    fp32), marked ``paired: False``: two figures timed apart, each with its own spread."""
     eager = {}
     for r in results:
         if r["backend"] == "eager" and r.get("latency_ms"):
-            eager[_key(r)] = r["latency_ms"]["p50"]
-    out: list[tuple[Optional[float], bool]] = []
+            eager[_key(r)] = r
+    out: list[Optional[dict[str, Any]]] = []
     for r in results:
-        base, fallback = eager.get(_key(r)), False
+        if r["backend"] == "eager" and eager.get(_key(r)) is r:
+            out.append({"value": 1.0, "ci95_rel": 0.0, "paired": True, "reference": None})
+            continue
+        given = r.get("speedup")
+        if given and given.get("value"):
+            out.append(given)
+            continue
+        base = eager.get(_key(r))
         if base is None and (r.get("device"), r.get("precision")) in EAGER_LACKS:
-            base, fallback = eager.get(_key(r, "fp32")), True
+            base = eager.get(_key(r, "fp32"))
         lat = r.get("latency_ms")
-        out.append((base / lat["p50"], fallback) if base and lat and lat.get("p50") else (None, False))
+        if base and lat and lat.get("p50"):
+            b = base["latency_ms"]
+            spread = math.sqrt((b.get("ci95_rel") or 0) ** 2 + (lat.get("ci95_rel") or 0) ** 2)
+            out.append({"value": b["p50"] / lat["p50"], "ci95_rel": spread, "paired": False, "reference": cell_label(base)})
+        else:
+            out.append(None)
     return out
+
+
+def _speedup(entry: Optional[dict[str, Any]], r: dict[str, Any]) -> str:
+    if entry is None:
+        return "-"
+    if entry.get("reference") is None:
+        return "ref"
+    text = f"{entry['value']:.2f}x"
+    if entry.get("ci95_rel") is not None and math.isfinite(entry["ci95_rel"]):
+        text += f" ±{100 * entry['ci95_rel']:.0f}%" if entry["ci95_rel"] >= 0.095 else f" ±{100 * entry['ci95_rel']:.1f}%"
+    if not entry.get("paired"):
+        text += UNPAIRED_MARK
+    if (r.get("device"), r.get("precision")) in EAGER_LACKS:
+        text += FALLBACK_MARK  # against eager fp32: eager has no path for this precision here
+    return text
+
+
+def session_verdict(results: list[dict[str, Any]]) -> Optional[str]:
+    """One line for the whole session when it ran off the machine's usual pace, else None."""
+    paces = [(r.get("machine") or {}).get("pace") for r in results if r.get("latency_ms")]
+    paces = [p for p in paces if p]
+    if not paces:
+        return None
+    pace = statistics.median(paces)
+    if abs(pace - 1) <= PACE_TOLERANCE:
+        return None
+    probes = [((r.get("machine") or {}).get("pace_probe_us"), (r.get("machine") or {}).get("pace")) for r in results]
+    usual = [us / p for us, p in probes if us and p]
+    loop = ""
+    if usual:
+        now = statistics.median(us for us, p in probes if us and p)
+        loop = f" (a fixed reference loop took {now:.0f} µs against its usual {statistics.median(usual):.0f} µs)"
+    slower = "slower" if pace > 1 else "faster"
+    return (f"session: this machine ran {pace:.2f}x {slower} than its usual pace{loop}. Absolute figures "
+            f"(p50, p99, img/s) are about {pace:.2f}x {'inflated' if pace > 1 else 'deflated'} against a session at its usual "
+            f"pace, and their ±ci includes that; paired speedups, timed side by side, are not affected.")
 
 
 def _pct(value: Optional[float], valid: Optional[bool]) -> str:
@@ -114,7 +168,7 @@ def _status(r: dict[str, Any], width: int = 70) -> str:
 
 def rows(results: list[dict[str, Any]]) -> list[list[str]]:
     out = []
-    for r, (speed, fallback) in zip(results, _speedups(results)):
+    for r, speed in zip(results, speedups(results)):
         lat = r.get("latency_ms") or {}
         mem = r.get("memory_mb") or {}
         prep = r.get("prepare_s")
@@ -126,7 +180,7 @@ def rows(results: list[dict[str, Any]]) -> list[list[str]]:
             _agreement(r), _num(lat.get("p50"), ".3f"), _num(lat.get("p99"), ".3f"),
             _spread(lat),
             _num(r.get("throughput_ips"), ".1f"), _num(mem.get("host_peak"), ".0f"), _num(mem.get("device_peak"), ".0f"),
-            prep_text, "-" if speed is None else f"{speed:.2f}x" + (FALLBACK_MARK if fallback else ""), _status(r),
+            prep_text, _speedup(speed, r), _status(r),
         ])
     return out
 
@@ -144,7 +198,9 @@ def format_table(results: Iterable[dict[str, Any]], tablefmt: str = "simple",
     """The table and its notes. ``changes`` (one entry or None per result, see ``CHANGE_HEADERS``) adds
     change columns before the status; rows with a ``source`` (merged result files) get a column naming it."""
     results = list(results)
-    return table_body(results, tablefmt, changes) + "\n" + "\n".join(table_notes(results))
+    verdict = session_verdict(results)
+    return (table_body(results, tablefmt, changes) + "\n" + (verdict + "\n" if verdict else "")
+            + "\n".join(table_notes(results)))
 
 
 def shows_math(results: list[dict[str, Any]]) -> bool:
@@ -191,14 +247,16 @@ def table_notes(results: list[dict[str, Any]]) -> list[str]:
         notes.append("(n/m) top-1 agreement not meaningful: the eager reference predicts (nearly) one class for every input")
     if any(r.get("precision") not in (None, "fp32") for r in results):
         notes.append(f"{COST_HEADER} = top-1/top-5 minus the same model's eager fp32 on the same images, in points")
-    if any(fallback for _, fallback in _speedups(results)):
+    if any(FALLBACK_MARK in _speedup(s, r) for s, r in zip(speedups(results), results)):
         notes.append(f"{FALLBACK_MARK} speedup over eager fp32: eager has no path for this precision on this device")
+    if any(s is not None and not s.get("paired") for s in speedups(results)):
+        notes.append(f"{UNPAIRED_MARK} speedup from two p50s timed apart (not side by side): its ±ci is both rows' spreads")
     if shows_math(results):
         notes.append("math = what the GPU computed where it differs from prec (TF32: fp32 inputs rounded to 10-bit mantissas)")
     if any((r.get("latency_ms") or {}).get("stable") is False for r in results):
-        notes.append(f"{UNSTABLE_MARK} unstable: ±ci above 10% even after measuring again; the p50 may be off by more "
-                     "(see the unstable cells below the table)")
-    notes.append("speedup = eager p50 / p50, against eager in the same test; "
+        notes.append(f"{UNSTABLE_MARK} disturbed: something else took the machine while this cell was timed, even after "
+                     "measuring again; the p50 may be off by more (see the cells below the table)")
+    notes.append("speedup = eager p50 / p50, timed side by side with eager (±: 95% CI of the ratio); "
                  "agree = top-1 agreement with eager and max relative logit error; ±ci = 95% CI of the p50; (c) = artifact from cache")
     return notes
 
@@ -215,7 +273,7 @@ def format_profile(results: list[dict[str, Any]]) -> str:
             continue
         for name in PHASES:
             totals[name] += phases.get(name, 0.0)
-        body.append([f"{r['model']}-{r['backend']}-bs{r['batch_size']}"] + [f"{phases.get(n, 0.0):.2f}" for n in PHASES]
+        body.append([cell_label(r)] + [f"{phases.get(n, 0.0):.2f}" for n in PHASES]
                     + [f"{sum(phases.values()):.2f}"])
     body.append(["total"] + [f"{totals[n]:.2f}" for n in PHASES] + [f"{sum(totals.values()):.2f}"])
     return "cnnbench profile (seconds of wall time per phase):\n" + tabulate(

@@ -6,7 +6,7 @@
   torch or ONNX Runtime changes the key, so the choice is probed again; ``--cnn-reprobe``
   probes again regardless.
 - The p50 of each earlier session of a cell in a given configuration, from which the
-  between-session part of the stated spread is estimated (``measure.session_spread``).
+  between-session part of the stated spread is estimated (``stats.session_spread``).
 
 Records are small JSON files under ``<cache>/tuning/``, written atomically with a checksum
 like every artifact. No torch here.

@@ -19,7 +19,7 @@ from . import registry
 from .backends.base import PrepareContext, model_fingerprint
 from .cache import ArtifactCache, hash_parts
 from .core import BuiltModel, CellSpec, DatasetContext, ModelContext
-from .measure import evaluate
+from .accuracy import evaluate
 from .options import Settings
 
 ACCURACY_BATCH = 250  # large batches for the accuracy pass: it is not the timed part...
@@ -41,7 +41,8 @@ def resolve_device(requested: str) -> str:
 
 def device_name(device: str) -> str:
     if device == "cuda" and torch.cuda.is_available():
-        return torch.cuda.get_device_name()
+        index = torch.cuda.current_device()
+        return f"cuda:{index} {torch.cuda.get_device_name(index)}"
     from .environment import cpu_model
 
     return f"cpu: {cpu_model()}"
@@ -112,6 +113,21 @@ class Workbench:
         self.chosen_threads: dict[tuple, int] = {}
         self.unclaimed_build_s = 0.0  # model building done in a fixture, before its cell's clock started
         self.pace_loaded = False  # earlier sessions' pace read from the cache (tuning.py) for machine.PACE
+        self.gpu_index = 0  # the GPU this process times on (each xdist worker its own, see ``claim_gpu``)
+        self.gpu_claimed = False
+
+    def claim_gpu(self) -> int:
+        """Make this worker's GPU the current device: worker ``gwN`` takes visible GPU N modulo their
+        number, so workers time side by side on GPUs of their own."""
+        if not self.gpu_claimed:
+            import os
+
+            from .gpu import worker_gpu
+
+            self.gpu_index = worker_gpu(os.environ.get("PYTEST_XDIST_WORKER"), torch.cuda.device_count())
+            torch.cuda.set_device(self.gpu_index)
+            self.gpu_claimed = True
+        return self.gpu_index
 
     def take_build_seconds(self) -> float:
         """Model-building time not yet counted in any cell's profile (it ran in a fixture)."""

@@ -28,7 +28,7 @@ from pytest_cnnbench.backends.ort_quant import quantize_onnx, this_cpu_scheme
 from pytest_cnnbench.calibration import pick
 from pytest_cnnbench.datasets.errors import DatasetError
 from pytest_cnnbench.datasets.mnist import MnistDataset, locate
-from pytest_cnnbench.measure import agreement, evaluate
+from pytest_cnnbench.accuracy import agreement, evaluate
 from pytest_cnnbench.models.lenet import MnistPreprocess, Recipe, initial_model, train
 
 CALIBRATION_IMAGES = 64  # as the suite (--cnn-calibration-images' default)

@@ -2,7 +2,7 @@
 
 Times LeNet (random weights, exported to ONNX, ONNX Runtime on 1 thread, batch 1) in blocks
 of 15 calls after pauses of 75-225 ms, alternating rounds whose pauses sleep with rounds whose
-pauses spin (``measure.spin``), and prints each block's median in microseconds. On the 2-vCPU
+pauses spin (``timing.spin``), and prints each block's median in microseconds. On the 2-vCPU
 KVM guest the plugin was built on, 5-17 of 20 blocks ran 1.5-2x slow after sleeping pauses,
 against 1-5 of 20 after spinning ones (7 rounds): a vCPU woken from idle lands wherever the host puts it.
 
@@ -23,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from pytest_cnnbench.measure import spin
+from pytest_cnnbench.timing import spin
 from pytest_cnnbench.models.lenet import LeNet
 
 

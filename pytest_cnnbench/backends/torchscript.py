@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from ..cache import hash_parts
-from ..measure import compare_interleaved
+from ..timing import compare_interleaved
 from .base import PrepareContext, TorchPrepared, torch_dtype, torch_precision_reason
 
 

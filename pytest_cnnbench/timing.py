@@ -1,0 +1,333 @@
+"""The timed loop: how a cell's calls are timed, and the one function that times a call.
+
+Timing rules (docs/measurement.md):
+
+1. ``warmup`` untimed calls.
+2. A pilot of at least ``PILOT_CALLS`` calls (or a tenth of the time cap) estimates the time
+   per call and the spread of calls; from them follows the number of rounds that pins the
+   median to ``target_ci``, bounded by ``min_rounds``/``max_rounds`` and by the ``max_time`` cap.
+3. The rounds run one call each, each timed alone (``timed``), in ``blocks`` equal blocks
+   separated in time: when the calls alone would take less than ``min_time``, jittered
+   (spinning) pauses between blocks (each followed by untimed re-warming calls) spread the
+   blocks over ``min_time``, so they sample the machine at different moments.
+4. Before each chunk of about ``CHUNK_S`` of the cell's calls, the pace probe runs, and so do
+   the companions (the reference the cell's speedup is measured against, the self-checks'
+   twins), as many calls as the chunk has: the cell and its reference alternate chunk by
+   chunk, so the machine's drift cancels out of their ratio.
+
+The figures are handed to pytest-benchmark afterwards (``hand_to_benchmark``), so its table and
+``--benchmark-json`` show what the cell reports, and timing works where pytest-benchmark is
+off (under pytest-xdist).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import statistics
+import time
+from typing import Any, Callable, Optional
+
+from .machine import pace_probe
+from .stats import LatencyStats, latency_stats, median_ci, paired_ratio, paired_speedup
+
+PILOT_CALLS = 30
+BLOCKS = 20  # timed blocks per cell (19 degrees of freedom for the between-block spread)
+MIN_BLOCK_CALLS = 3  # fewer calls than this per block: one block, order statistics only
+REWARM_S = 0.002  # untimed calls after each pause: at least one, or about this long
+GAP_JITTER = (0.5, 1.5)  # pauses vary by this factor, so blocks do not lock onto a periodic neighbour
+CHUNK_S = 0.003  # the pace probe and companions run before each chunk of about this long (or one call)
+
+
+def timed(call: Callable[[], Any]) -> float:
+    """Seconds one call takes: the harness's only timer (every figure it reports comes from here)."""
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+@dataclasses.dataclass(frozen=True)
+class TimingRules:
+    warmup: int = 10
+    min_rounds: int = 50
+    max_rounds: int = 5000
+    max_time: float = 5.0  # cap on the timed loop (calls and pauses), seconds
+    target_ci: float = 0.02  # enough rounds to pin the median within +-2% (within the session)
+    min_time: float = 3.0  # the timed blocks span at least this long (capped by max_time)
+    blocks: int = BLOCKS
+
+    def longer(self, factor: float = 2.0) -> "TimingRules":
+        """The rules of a re-measurement: ``factor`` times the time, span and rounds."""
+        return dataclasses.replace(self, min_rounds=int(self.min_rounds * factor), max_rounds=int(self.max_rounds * factor),
+                                   max_time=self.max_time * factor, min_time=self.min_time * factor)
+
+
+@dataclasses.dataclass(frozen=True)
+class Companion:
+    """A call timed alongside the cell, chunk by chunk; ``threads``: torch's thread count it runs at
+    (None: the cell's)."""
+
+    call: Callable[[], Any]
+    threads: Optional[int] = None
+
+
+def _timed_calls(call: Callable[[], Any], count: int, budget: float) -> list[float]:
+    times: list[float] = []
+    deadline = time.perf_counter() + budget
+    while len(times) < count or (time.perf_counter() < deadline and len(times) < 10 * count):
+        times.append(timed(call))
+    return times
+
+
+def spin(seconds: float) -> None:
+    """Pause by spinning, not sleeping. Measured on the 2-vCPU KVM guest this was built on: after
+    a sleep, 5-17 of 20 LeNet blocks ran 1.5-2x slow (a woken vCPU lands wherever the host puts
+    it); after a spin of the same length, 1-5 of 20 (``scripts/pause_experiment.py``)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How a cell's timed loop runs: ``rounds`` calls in ``blocks`` equal blocks, ``gap_s`` apart
+    (jittered), ``rewarm`` untimed calls after each pause."""
+
+    rounds: int
+    blocks: int
+    gap_s: float
+    rewarm: int
+    per_call_s: float
+
+    @property
+    def block_size(self) -> int:
+        return self.rounds // self.blocks
+
+
+def plan_timing(call: Callable[[], Any], rules: TimingRules) -> Plan:
+    """Warm up, run the pilot, and plan the timed loop (rounds, blocks, pauses) within the cap."""
+    for _ in range(rules.warmup):
+        call()
+    pilot = sorted(_timed_calls(call, PILOT_CALLS, 0.1 * rules.max_time))
+    per_call = max(statistics.median(pilot), 1e-9)
+    ci = median_ci(pilot)
+    wanted = rules.max_rounds if not math.isfinite(ci) else math.ceil(len(pilot) * (ci / rules.target_ci) ** 2)
+    fits = int(0.9 * rules.max_time / per_call)
+    # Never fewer rounds than the pilot had: a quiet pilot must not shrink the real sample.
+    rounds = max(rules.min_rounds, min(max(wanted, len(pilot)), rules.max_rounds, fits))
+    blocks = min(rules.blocks, rounds // MIN_BLOCK_CALLS)
+    if blocks < 3:
+        return Plan(rounds, 1, 0.0, 0, per_call)
+    rounds = blocks * math.ceil(rounds / blocks)
+    span = min(rules.min_time, 0.9 * rules.max_time)
+    gap = max(0.0, span - rounds * per_call) / (blocks - 1)
+    rewarm = max(1, math.ceil(REWARM_S / per_call)) if gap > 0 else 0
+    return Plan(rounds, blocks, gap, rewarm, per_call)
+
+
+def _torch_threads() -> Optional[Any]:
+    import sys
+
+    return sys.modules.get("torch")  # the companions' thread counts are torch's; no torch, nothing to set
+
+
+class BlockSchedule:
+    """Runs before each timed round: at each block's start, the pause, the load sample
+    (``on_block``) and the re-warming calls; before each chunk of rounds, the pace probe and
+    the companions, as many calls as the chunk has, each timed by ``timed``."""
+
+    def __init__(self, call: Callable[[], Any], plan: Plan, companions: Optional[dict[str, Companion]] = None,
+                 on_block: Optional[Callable[[], None]] = None, seed: int = 0) -> None:
+        self.call, self.plan = call, plan
+        self.companions = dict(companions or {})
+        self.companion_times: dict[str, list[float]] = {name: [] for name in self.companions}
+        self.pace: list[float] = []  # pace probe before each chunk, seconds
+        self.on_block = on_block
+        self.rng = random.Random(seed)
+        self.index = 0
+        self.chunk = max(1, min(plan.block_size, math.ceil(CHUNK_S / plan.per_call_s)))
+        self.switch_rewarm = 1 if plan.per_call_s < 0.005 else 0
+        self.torch = _torch_threads() if any(c.threads for c in self.companions.values()) else None
+
+    def __call__(self) -> None:
+        i, self.index = self.index, self.index + 1
+        if i >= self.plan.rounds:
+            return
+        rewarm = 0
+        in_block = i % self.plan.block_size
+        if in_block == 0:
+            if i and self.plan.gap_s > 0:
+                spin(self.plan.gap_s * self.rng.uniform(*GAP_JITTER))
+                rewarm = self.plan.rewarm
+            if self.on_block is not None:
+                self.on_block()
+        if in_block % self.chunk == 0:
+            self.pace.append(pace_probe())
+            size = min(self.chunk, self.plan.block_size - in_block)
+            threads = self.torch.get_num_threads() if self.torch is not None else None
+            for name, companion in self.companions.items():
+                switched = False
+                if self.torch is not None and companion.threads and self.torch.get_num_threads() != companion.threads:
+                    self.torch.set_num_threads(companion.threads)
+                    switched = True
+                times = self.companion_times[name]
+                for _ in range(max(rewarm, self.switch_rewarm, 1 if switched else 0)):
+                    companion.call()
+                for _ in range(size):
+                    times.append(timed(companion.call))
+            # Setting the thread count, even unchanged, disturbs torch's pool: only when it changed.
+            if self.torch is not None and self.torch.get_num_threads() != threads:
+                self.torch.set_num_threads(threads)
+            if self.companions:
+                rewarm = max(rewarm, self.switch_rewarm)
+        for _ in range(rewarm):
+            self.call()
+
+    def chunks(self) -> list[tuple[int, int, int]]:
+        """(block, start, end) round indices of the chunks that alternated with the companions."""
+        out = []
+        for block, first in enumerate(range(0, self.plan.rounds, self.plan.block_size)):
+            end = min(first + self.plan.block_size, self.plan.rounds)
+            out += [(block, start, min(start + self.chunk, end)) for start in range(first, end, self.chunk)]
+        return out
+
+
+@dataclasses.dataclass
+class Timing:
+    stats: LatencyStats
+    plan: Plan
+    seconds: list[float]  # the cell's calls, in the order timed
+    window: tuple[float, float]  # Unix time of the first timed call's start and the last one's end
+    companions: dict[str, LatencyStats]
+    # Per companion: (its time over the cell's, chunk by chunk: the cell's speedup over it;
+    # the 95% relative half-width within this session; chunks). See ``stats.paired_speedup``.
+    paired: dict[str, tuple[float, float, int]] = dataclasses.field(default_factory=dict)
+    pace: list[float] = dataclasses.field(default_factory=list)  # the pace probe before each chunk, seconds
+
+
+def time_cell(call: Callable[[], Any], rules: TimingRules, companions: Optional[dict[str, Companion]] = None,
+              on_block: Optional[Callable[[], None]] = None) -> Timing:
+    """Plan and run the timed loop of ``call`` (with its companions), and summarize it."""
+    plan = plan_timing(call, rules)
+    schedule = BlockSchedule(call, plan, companions, on_block)
+    seconds: list[float] = []
+    schedule()
+    started_unix, started = time.time(), time.perf_counter()
+    seconds.append(timed(call))
+    for _ in range(plan.rounds - 1):
+        schedule()
+        seconds.append(timed(call))
+    span = time.perf_counter() - started
+    window = (started_unix, started_unix + span)
+    blocks = plan.blocks if plan.blocks >= 3 else 0
+    stats = latency_stats(seconds, rules.target_ci, blocks=blocks, span_s=span)
+    out, paired = {}, {}
+    chunks = schedule.chunks()
+    for name, times in schedule.companion_times.items():
+        if not times:
+            continue
+        out[name] = latency_stats(times, rules.target_ci, blocks=blocks)
+        if len(times) == len(seconds):
+            found = paired_speedup(seconds, times, chunks)
+            if found is not None:
+                paired[name] = found
+    return Timing(stats, plan, seconds, window, out, paired, list(schedule.pace))
+
+
+def hand_to_benchmark(benchmark: Any, seconds: list[float]) -> bool:
+    """Give pytest-benchmark's fixture the cell's calls, so its table and ``--benchmark-json`` show
+    the figures the cell reports (a re-measurement replaces the first attempt's). False where the
+    fixture is off (``--benchmark-disable``, pytest-xdist)."""
+    if benchmark is None or getattr(benchmark, "disabled", True):
+        return False
+    from pytest_benchmark.stats import Stats
+
+    if getattr(benchmark, "stats", None) is None:
+        # Private, but pytest-benchmark's own way to open a record; _mode marks the fixture used.
+        benchmark._make_stats(1)
+        benchmark._mode = "cnnbench"
+    fresh = Stats()
+    for value in seconds:
+        fresh.update(value)
+    benchmark.stats.stats = fresh
+    return True
+
+
+# -- choosing between configurations (threads, TorchScript variants) -----------------------------
+PROBE_MARGIN = 0.05  # another configuration must be this much faster than the default, with 95% confidence
+
+
+@dataclasses.dataclass
+class Comparison:
+    """The outcome of ``compare_interleaved``: the choice and the evidence for it."""
+
+    choice: Any
+    medians_ms: dict[Any, float]  # median of each candidate's block medians
+    ratios: dict[Any, tuple[float, float, float]]  # candidate -> (ratio to the default, 95% low, high)
+    rounds: int
+    verdict: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"choice": self.choice, "medians_ms": {str(k): v for k, v in self.medians_ms.items()},
+                "ratios": {str(k): list(v) for k, v in self.ratios.items()}, "rounds": self.rounds, "verdict": self.verdict}
+
+
+def compare_interleaved(calls: dict[Any, Callable[[], Any]], before: Optional[dict[Any, Callable[[], Any]]] = None,
+                        margin: float = PROBE_MARGIN, min_rounds: int = 6, max_rounds: int = 60, budget_s: float = 2.0,
+                        block_s: float = 0.01) -> Comparison:
+    """Compare configurations in alternating blocks (A B B A A B ...), one block median per
+    candidate and round, until each candidate is told apart from the first (the default, the
+    configuration robust under contention) or the budget runs out.
+
+    A candidate replaces the default only when it is clearly faster: the 95% confidence
+    interval of its paired ratio (geometric mean over rounds of its block median over the
+    default's) lies wholly below ``1 - margin``. Undecided at the cap means the default.
+    ``before[key]`` runs before each of that candidate's blocks (e.g. set torch's thread count).
+    """
+    keys = list(calls)
+    default = keys[0]
+    before = before or {}
+
+    def prime(key: Any) -> None:
+        hook = before.get(key)
+        if hook is not None:
+            hook()
+
+    per_call = {}
+    for key in keys:
+        prime(key)
+        per_call[key] = max(statistics.median(_timed_calls(calls[key], 3, 0.05)), 1e-9)
+    if len(keys) == 1:
+        return Comparison(default, {default: per_call[default] * 1000}, {}, 0, "only candidate")
+    size = max(1, min(1000, int(block_s / max(per_call.values()))))
+    rewarm = 1 if max(per_call.values()) < 0.005 else 0
+    medians: dict[Any, list[float]] = {key: [] for key in keys}
+    deadline = time.perf_counter() + budget_s
+    ratios: dict[Any, tuple[float, float, float]] = {}
+    rounds = 0
+    while rounds < max_rounds:
+        for key in keys if rounds % 2 == 0 else keys[::-1]:
+            prime(key)
+            call = calls[key]
+            for _ in range(rewarm):
+                call()
+            medians[key].append(statistics.median([timed(call) for _ in range(size)]))
+        rounds += 1
+        if rounds < min_rounds:
+            continue
+        ratios = {key: paired_ratio(medians[key], medians[default]) for key in keys[1:]}
+        undecided = [key for key, (_, lo, hi) in ratios.items() if lo < 1 - margin < hi]
+        if not undecided or time.perf_counter() > deadline:
+            break
+    faster = [key for key, (_, _, hi) in ratios.items() if hi < 1 - margin]
+    overall = {key: statistics.median(values) * 1000 for key, values in medians.items()}
+    if faster:
+        choice = min(faster, key=lambda k: overall[k])
+        verdict = f"{choice} clearly faster ({ratios[choice][0]:.2f}x the time of {default}, 95% up to {ratios[choice][2]:.2f}x)"
+    else:
+        choice = default
+        undecided = [key for key, (_, lo, hi) in ratios.items() if lo < 1 - margin < hi]
+        verdict = (f"undecided after {rounds} rounds: kept {default}" if undecided
+                   else f"no candidate clearly faster than {default}")
+    return Comparison(choice, overall, ratios, rounds, verdict)

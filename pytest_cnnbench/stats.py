@@ -77,8 +77,9 @@ class LatencyStats:
         the session; a cell is flagged only for what happened to its own measurement."""
         within = self.ci95_within if self.ci95_within is not None else self.ci95_rel
         total = math.sqrt(within ** 2 + half_width ** 2 + pace_term ** 2)
-        if disturbed is None and within > UNSTABLE_CI:
-            disturbed = f"its own calls spread ±{within:.1%} (> {UNSTABLE_CI:.0%})"
+        if within > UNSTABLE_CI:
+            spread = f"its own calls spread ±{within:.1%} (> {UNSTABLE_CI:.0%})"
+            disturbed = f"{spread}; {disturbed}" if disturbed else spread
         return dataclasses.replace(self, ci95_rel=total, ci95_sessions=half_width, sessions=sessions, ci95_pace=pace_term,
                                    converged=within <= target_ci, stable=disturbed is None, disturbed=disturbed)
 

@@ -221,11 +221,14 @@ def test_table_tells_tests_apart_and_speedup_stays_within_a_test():
     rows = [cell("net", "eager", p50=4.0, test_name="test_suite"), cell("net", "ort", p50=1.0, test_name="test_suite"),
             cell("net", "ort", p50=2.0, test_name="test_harness"),  # no eager row in its test: no speedup
             cell("net", "ort", p50=0.5, precision="int8", test_name="test_suite")]
-    assert table.speedups(rows) == [1.0, 4.0, None, 8.0]
+    found = table.speedups(rows)
+    assert [s and s["value"] for s in found] == [1.0, 4.0, None, 8.0]
+    assert [s and s["paired"] for s in found] == [True, False, None, False]  # timed apart: marked, not paired
     text = table.format_table(rows)
     header, _, *lines = text.splitlines()
     assert header.split()[0] == "test" and lines[2].startswith("test_harness")
-    assert "8.00x†" in lines[3] and "† speedup over eager fp32" in text
+    assert "8.00x ±1.4%~†" in lines[3] and "† speedup over eager fp32" in text
+    assert "ref" in lines[0].split() and "~ speedup from two p50s timed apart" in text
     # One test: no test column.
     assert table.format_table(rows[:2]).split()[0] == "model"
 

@@ -178,3 +178,81 @@ def test_thread_and_variant_choices_are_remembered_between_sessions(tiny_project
 
     run(tiny_project, *args, "--cnn-reprobe").assert_outcomes(passed=3)
     assert {r["thread_choice"]["source"] for r in load_results(out)} == {"probed"}
+
+
+# A backend that runs the model as eager does, except that the batch-size-2 cell starts a CPU hog
+# on every core partway through its timed calls; the hogs end when that cell is released.
+HOGGED = '''
+
+import os
+import subprocess
+import sys
+
+from pytest_cnnbench import register_backend
+
+
+@register_backend("hogged", description="eager, but batch size 2 starts a CPU hog on every core while timed")
+def hogged():
+    import torch
+
+    class Prepared:
+        provider, artifact_bytes, cache_hit, max_batch = "hogged", None, False, None
+
+        def __init__(self, module):
+            self.module, self.hogs = module, []
+
+        def run(self, batch):
+            with torch.inference_mode():
+                return self.module(batch).float()
+
+        def bind(self, batch):
+            state = {"calls": 0}
+
+            def call():
+                state["calls"] += 1
+                if len(batch) == 2 and state["calls"] == 400 and not self.hogs:
+                    self.hogs = [subprocess.Popen([sys.executable, "-c", "while 1: pass", "cnnbench-test-hog"])
+                                 for _ in range(os.cpu_count() or 1)]
+                self.module(batch)
+
+            return call
+
+        def close(self):
+            for hog in self.hogs:
+                hog.kill()
+                hog.wait()
+            self.hogs = []
+
+    class Hogged:
+        name = "hogged"
+
+        def unavailable_reason(self, device, precision):
+            return None
+
+        def prepare(self, module, ctx):
+            return Prepared(module)
+
+    return Hogged()
+'''
+
+
+def test_a_hog_started_during_one_cell_flags_that_cell_only(tiny_project):
+    """A competing process started partway through one cell's timing: that cell, and not the
+    cells before and after it, is flagged, with the hog named; under --cnn-strict it fails."""
+    add_to_conftest(tiny_project, HOGGED)
+    out = tiny_project.path / "out.json"
+    args = ("--cnn-backend=hogged", "--cnn-batch-size=1,2,3", "--cnn-threads=1", "--cnn-min-time=0.5", "--cnn-max-time=1",
+            f"--cnn-json={out}", "-p", "no:cacheprovider")
+    result = tiny_project.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=3)
+    rows = {r["batch_size"]: r for r in load_results(out)}
+    assert rows[2]["latency_ms"]["stable"] is False, rows[2]["latency_ms"]
+    assert "other processes use" in rows[2]["latency_ms"]["disturbed"]
+    assert any("cnnbench-test-hog" in b["command"] for b in rows[2]["machine"]["busiest"]), rows[2]["machine"]
+    assert rows[1]["latency_ms"]["stable"] is True and rows[3]["latency_ms"]["stable"] is True, \
+        (rows[1]["latency_ms"]["disturbed"], rows[3]["latency_ms"]["disturbed"])
+    assert [line for line in result.outlines if line.startswith("DISTURBED ")][0].startswith("DISTURBED tiny-hogged-bs2 ")
+
+    strict = tiny_project.runpytest_subprocess(*args, "--cnn-strict")
+    strict.assert_outcomes(passed=2, failed=1)
+    assert any(line.startswith("FAILED") and "bs2" in line and "disturbed timing" in line for line in strict.outlines)

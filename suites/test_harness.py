@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import io
 import statistics
-import time
 import warnings
 from typing import Any, Callable
 
@@ -39,6 +38,8 @@ def screen(candidates: dict[str, Callable[[], Any]], rounds: int = 5, calls: int
     the order reversed every other round), in milliseconds; restores torch's thread count."""
     import torch
 
+    from pytest_cnnbench.timing import timed
+
     threads_before = torch.get_num_threads()
     times: dict[str, list[float]] = {name: [] for name in candidates}
     try:
@@ -49,10 +50,7 @@ def screen(candidates: dict[str, Callable[[], Any]], rounds: int = 5, calls: int
             for name in names if r % 2 == 0 else names[::-1]:
                 call = candidates[name]
                 call()  # after switching: caches and thread pools settle
-                for _ in range(calls):
-                    started = time.perf_counter()
-                    call()
-                    times[name].append(time.perf_counter() - started)
+                times[name] += [timed(call) for _ in range(calls)]
     finally:
         torch.set_num_threads(threads_before)
     medians = {name: statistics.median(values) * 1000.0 for name, values in times.items()}
@@ -63,7 +61,8 @@ def _ratio_note(cnnbench: Any, name: str, what: str) -> float:
     """The cell's time over the companion's, chunk by chunk; noted with the ratio of the p50s."""
     result = cnnbench.run()
     ours, reference = result["latency_ms"]["p50"], cnnbench.companions[name].p50
-    ratio, chunks = cnnbench.paired[name]
+    companion_over_cell, _, chunks = cnnbench.paired[name]
+    ratio = 1 / companion_over_cell  # the cell's time over the companion's
     cnnbench.note(f"{ratio - 1:+.1%} vs {what} over {chunks} paired chunks (p50s {ours:.4g} vs {reference:.4g} ms: "
                   f"{ours / reference - 1:+.1%}; {name})")
     return ratio

@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable, Optional
 
-MATCH_FIELDS = ("model", "backend", "device", "precision", "batch_size")
+from . import results
+from .results import cell_label
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,13 +129,9 @@ def parse_rules(text: str) -> tuple[Rule, ...]:
 
 
 def cell_key(row: dict[str, Any]) -> tuple:
-    return tuple(row.get(field) for field in MATCH_FIELDS)
-
-
-def cell_label(row: dict[str, Any]) -> str:
-    """E.g. ``lenet/eager cpu fp32 bs1`` (with the source file for merged rows)."""
-    label = f"{row.get('model')}/{row.get('backend')} {row.get('device')} {row.get('precision')} bs{row.get('batch_size')}"
-    return f"{label} [{row['source']}]" if row.get("source") else label
+    """The cell's key (results.cell_key) less what a baseline may differ in: the file it came from,
+    and the dataset and test (several rows of one configuration pair up by test id, see ``compare``)."""
+    return results.cell_key(row, source=None, dataset=None, test_name=None)
 
 
 @dataclasses.dataclass

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .lazy import require
+from .results import cell_key
 
 FORMATS = (".png", ".svg", ".pdf")
 DPI = 100
@@ -46,8 +47,6 @@ class PlotSummary:
     axes: list[AxesSummary]
 
 
-CELL_FIELDS = ("source", "test_name", "model", "backend", "device", "precision", "batch_size", "dataset")
-
 
 def _measured(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows with a latency, one per cell: a cell measured again by the same test (a rerun) keeps
@@ -59,7 +58,7 @@ def _measured(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if (r.get("latency_ms") or {}).get("p50") is None:
             continue
         row = {**r, "test_name": test_name(r)}
-        key = tuple(row.get(field) for field in CELL_FIELDS)
+        key = cell_key(row)
         cells.pop(key, None)
         cells[key] = row
     return list(cells.values())

@@ -19,6 +19,16 @@ RESULT_PROPERTY = "cnnbench_result"  # figures, recorded once measured
 STATUSES = ("passed", "failed", "skipped", "error")
 
 
+# What tells one cell from another in a run: the same test measuring the same configuration.
+# "source" keeps merged runs apart; "test_name" keeps apart rows other tests measured otherwise.
+CELL_FIELDS = ("source", "test_name", "model", "backend", "device", "precision", "batch_size", "dataset")
+
+
+def cell_key(row: dict[str, Any], **instead: Any) -> tuple:
+    """A cell's one key (``instead`` swaps fields, e.g. ``backend="eager"`` for its reference's)."""
+    return tuple(instead[f] if f in instead else row.get(f) for f in CELL_FIELDS)
+
+
 def cell_label(row: dict[str, Any]) -> str:
     """A cell's one name, e.g. ``resnet50-ort-bs1`` or ``lenet-ort-bs1-int8`` (``-cuda`` on a GPU)."""
     label = f"{row.get('model')}-{row.get('backend')}-bs{row.get('batch_size')}"
@@ -26,7 +36,7 @@ def cell_label(row: dict[str, Any]) -> str:
         label += f"-{row['precision']}"
     if row.get("device") not in (None, "cpu"):
         label += f"-{row['device']}"
-    return label
+    return f"{label} [{row['source']}]" if row.get("source") else label
 
 
 def empty_result(cell: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any, Iterable, Optional
 
 from tabulate import tabulate
 
-from .results import cell_label
+from .results import cell_key, cell_label
 
 HEADERS = [
     "model", "backend", "dev", "prec", "bs", "thr", "top-1", "top-5", "agree", "p50 ms", "p99 ms", "±ci",
@@ -38,10 +38,8 @@ def test_name(r: dict[str, Any]) -> Optional[str]:
 
 
 def _key(r: dict[str, Any], precision: Optional[str] = None) -> tuple:
-    # "source" keeps merged runs apart: speedups are against eager on the same machine; "test"
-    # keeps apart rows that other tests measured under other conditions.
-    return (r.get("source"), test_name(r), r["model"], r.get("device"), precision or r.get("precision"),
-            r["batch_size"], r.get("dataset"))
+    """The key of the eager cell a row's speedup is over: the same cell, on eager."""
+    return cell_key({**r, "test_name": test_name(r)}, backend="eager", precision=precision or r.get("precision"))
 
 
 def speedups(results: list[dict[str, Any]]) -> list[Optional[dict[str, Any]]]:

@@ -131,8 +131,8 @@ def test_regression_direction_per_metric():
     assert ort.changes["p50"] == pytest.approx(-50.0) and ort.changes["top1"] == pytest.approx(-0.9)
     assert ort.broken == ("top1",)  # faster is fine; 0.9 pp less top-1 is not
     messages = [v.message for v in result.violations]
-    assert any(m.startswith("net/eager cpu fp32 bs1: p50 latency 12 ms vs 10 ms") and "+20.0%" in m for m in messages)
-    assert any(m.startswith("net/ort cpu fp32 bs1: top-1 89.10% vs 90.00%") and "-0.90pp" in m for m in messages)
+    assert any(m.startswith("net-eager-bs1: p50 latency 12 ms vs 10 ms") and "+20.0%" in m for m in messages)
+    assert any(m.startswith("net-ort-bs1: top-1 89.10% vs 90.00%") and "-0.90pp" in m for m in messages)
     # Within the thresholds: nothing breaks.
     assert not compare.compare(now, base, compare.parse_rules("p50:25%,throughput:20%,top1:1")).violations
 
@@ -142,11 +142,11 @@ def test_matching_by_cell_and_cells_missing_on_either_side():
     now = [cell(backend="eager", p50=4.0), cell(backend="ort", precision="fp16"), cell(backend="eager", batch_size=8, device="cuda")]
     result = compare.compare(now, base, compare.parse_rules("p50:10%"))
     assert result.matched == 1 and result.cells[0].changes["p50"] == pytest.approx(100.0)
-    assert [compare.cell_label(r) for r in result.only_current] == ["net/ort cpu fp16 bs1", "net/eager cuda fp32 bs8"]
-    assert [compare.cell_label(r) for r in result.only_baseline] == ["net/ort cpu fp32 bs1", "net/eager cpu fp32 bs8"]
+    assert [compare.cell_label(r) for r in result.only_current] == ["net-ort-bs1-fp16", "net-eager-bs8-cuda"]
+    assert [compare.cell_label(r) for r in result.only_baseline] == ["net-ort-bs1", "net-eager-bs8"]
     notes = "\n".join(result.notes())
-    assert "cells not in the baseline: net/ort cpu fp16 bs1; net/eager cuda fp32 bs8" in notes
-    assert "baseline cells not in this run: net/ort cpu fp32 bs1; net/eager cpu fp32 bs8" in notes
+    assert "cells not in the baseline: net-ort-bs1-fp16; net-eager-bs8-cuda" in notes
+    assert "baseline cells not in this run: net-ort-bs1; net-eager-bs8" in notes
 
 
 def test_accuracy_not_compared_across_datasets_or_without_meaning():
@@ -194,7 +194,7 @@ def test_csv_and_markdown_carry_the_comparison():
     assert parsed[1]["regressions"] == "not in baseline" and parsed[1]["change_p50_pct"] == ""
     md = report.markdown(now, ENV, comparison)
     assert "| p50 chg" in md and "+50.0%!" in md
-    assert "## Comparison with the baseline" in md and "baseline cells not in this run: net/ort cpu fp32 bs1" in md
+    assert "## Comparison with the baseline" in md and "baseline cells not in this run: net-ort-bs1" in md
     assert "**1 regression(s) past the fail rules (p50:10%):**" in md
 
 
@@ -439,16 +439,16 @@ def test_compare_passes_then_fails_the_session_naming_the_cell(project):
     result.assert_outcomes(passed=2)  # every test passed: the rule failed the session
     result.stdout.fnmatch_lines([
         "*cnnbench: 1 cell(s) regressed past --cnn-compare-fail=p50:10%*",
-        "REGRESSION tiny/eager cpu fp32 bs1: p50 latency * vs * in the baseline (+*%, slower than rule p50:10% allows)",
+        "REGRESSION tiny-eager-bs1: p50 latency * vs * in the baseline (+*%, slower than rule p50:10% allows)",
     ])
     out = result.stdout.str()
-    assert "REGRESSION tiny/torchscript" not in out
-    assert "baseline cells not in this run: tiny/ort cpu fp32 bs1" in out
+    assert "REGRESSION tiny-torchscript" not in out
+    assert "baseline cells not in this run: tiny-ort-bs1" in out
     assert "WARNING: the baseline was measured in a different environment: CPU model: Imaginary CPU 9000 in the baseline" in out
     assert "CPU cores: 64 in the baseline" in out
     assert [line for line in result.outlines if line.startswith("tiny ") and "%!" in line][0].split()[1] == "eager"
     md = (project.path / "cmp.md").read_text()
-    assert "**1 regression(s) past the fail rules (p50:10%):**" in md and "- tiny/eager cpu fp32 bs1: p50 latency" in md
+    assert "**1 regression(s) past the fail rules (p50:10%):**" in md and "- tiny-eager-bs1: p50 latency" in md
 
 
 @pytest.mark.parametrize("args, expected", [

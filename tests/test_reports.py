@@ -515,3 +515,36 @@ def test_help_lists_the_report_options_and_their_ini_twins(project):
     for name in ("cnn-report", "cnn-plot", "cnn-compare", "cnn-compare-fail"):
         assert f"--{name}=" in out and f"  {name.replace('-', '_')} (string)" in out
     assert "p50:10%,throughput:5%,top1:0.5" in out  # a "%" in help text must not break argparse
+
+
+def test_a_session_off_its_usual_pace_is_said_once_under_the_table():
+    from pytest_cnnbench import table
+
+    slow = [cell(backend=b, machine={"pace": p, "pace_probe_us": 21.0 * p}) for b, p in (("eager", 1.7), ("ort", 1.6))]
+    text = table.format_table(slow)
+    verdicts = [line for line in text.splitlines() if line.startswith("session:")]
+    assert len(verdicts) == 1, text
+    assert "1.65x slower than its usual pace" in verdicts[0] and "35 µs against its usual 21 µs" in verdicts[0]
+    assert "paired speedups, timed side by side, are not affected" in verdicts[0]
+    usual = [cell(backend=b, machine={"pace": 1.03, "pace_probe_us": 21.6}) for b in ("eager", "ort")]
+    assert "session:" not in table.format_table(usual)
+
+
+def test_paired_speedup_is_shown_with_its_interval():
+    from pytest_cnnbench import table
+
+    rows = [cell(backend="eager", p50=4.0),
+            cell(backend="ort", p50=1.0, speedup={"value": 3.9, "ci95_rel": 0.021, "paired": True, "reference": "net-eager-bs1"})]
+    found = table.speedups(rows)
+    assert found[1]["value"] == 3.9  # the paired figure, not the ratio of the two p50s (4.0)
+    line = table.format_table(rows).splitlines()[3]
+    assert "3.90x ±2.1%" in line and "~" not in line
+
+
+def test_each_xdist_worker_takes_its_own_gpu():
+    from pytest_cnnbench.gpu import worker_gpu
+
+    assert [worker_gpu(f"gw{n}", 4) for n in range(6)] == [0, 1, 2, 3, 0, 1]
+    assert worker_gpu(None, 4) == 0 and worker_gpu("master", 2) == 0
+    with pytest.raises(ValueError, match="no CUDA GPU is visible"):
+        worker_gpu("gw1", 0)

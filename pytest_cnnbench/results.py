@@ -5,6 +5,7 @@ Plain dicts of JSON types only, so they survive pytest-xdist's serialization.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -39,55 +40,108 @@ def cell_label(row: dict[str, Any]) -> str:
     return f"{label} [{row['source']}]" if row.get("source") else label
 
 
+def _empty_memory() -> dict[str, Any]:
+    return {"host_peak": None, "host_delta": None, "host_after": None, "device_peak": None, "device_peak_source": None}
+
+
+@dataclasses.dataclass
+class CellResult:
+    """One cell's figures inside the harness. Typed fields (``latency_ms`` a ``stats.LatencyStats``,
+    ``speedup`` a ``stats.Speedup``); ``as_dict()`` is the plain-JSON form that travels in
+    ``user_properties`` (and so survives pytest-xdist) and lands in the result file. Suites may
+    read it as a mapping too (``result["top1"]``), as they read the JSON."""
+
+    model: str
+    backend: str
+    device: Optional[str]
+    precision: str
+    batch_size: int
+    dataset: Optional[str]
+    samples: Optional[int] = None
+    top1: Optional[float] = None
+    top5: Optional[float] = None
+    accuracy_valid: Optional[bool] = None
+    weights: Optional[str] = None
+    weights_note: Optional[str] = None  # where the weights came from, or why pretrained ones could not be had
+    weights_id: Optional[str] = None  # the published weights, e.g. ResNet50_Weights.IMAGENET1K_V2
+    latency_ms: Any = None  # stats.LatencyStats
+    speedup: Any = None  # stats.Speedup: the reference's p50 over this row's, timed side by side
+    timing_window: Optional[dict[str, float]] = None  # {"start", "end"}: Unix seconds of the first and last timed call
+    throughput_ips: Optional[float] = None
+    memory_mb: dict[str, Any] = dataclasses.field(default_factory=_empty_memory)
+    prepare_s: Optional[float] = None
+    prepare_cached: Optional[bool] = None
+    artifact_mb: Optional[float] = None
+    provider: Optional[str] = None
+    math: Optional[str] = None  # what the arithmetic was where it differs from the precision label, e.g. "fp32, TF32 off" (GPU)
+    device_name: Optional[str] = None
+    gpu: Optional[int] = None  # which visible GPU the row ran on (each xdist worker its own)
+    agreement: Optional[dict[str, Any]] = None
+    reference_top1: Optional[float] = None  # the same model's eager fp32 on the same images
+    reference_top5: Optional[float] = None
+    delta_top1_pp: Optional[float] = None  # top-1 minus the reference's, in percentage points (the accuracy cost of the row)
+    delta_top5_pp: Optional[float] = None
+    calibration: Optional[str] = None  # int8: which images calibrated it and how, e.g. "64 MNIST training images, minmax"
+    quantization: Optional[str] = None  # int8: the scheme, e.g. "QDQ, u8 activations, s8 per-channel weights"
+    compute_latency_ms: Optional[dict[str, Any]] = None  # GPU only: input already on the device, ends with a device sync
+    device_time_ms: Optional[dict[str, Any]] = None  # GPU only: CUDA-event time of the same calls
+    threads: Optional[int] = None  # CPU threads the cell ran with
+    thread_probe_ms: Optional[dict[str, float]] = None  # --cnn-threads=auto: probed median per thread count
+    thread_choice: Optional[dict[str, Any]] = None  # where the thread count came from and the probe's verdict
+    machine: Optional[dict[str, Any]] = None  # the load over the cell's timing: others' CPU share, steal, pace
+    companions_ms: Optional[dict[str, Any]] = None  # calls timed in the same loop as the cell (self-checks), by name
+    phases_s: dict[str, float] = dataclasses.field(default_factory=dict)  # wall time by phase (--cnn-profile)
+    accuracy_asserted: Optional[bool] = None  # False: accuracy means nothing here (the notes say why), nothing asserted
+    notes: list[str] = dataclasses.field(default_factory=list)  # findings a suite adds with cnnbench.note()
+    reference_cached: Optional[bool] = None  # eager logits read from the disk cache
+    status: Optional[str] = None
+    reason: Optional[str] = None
+    test: Optional[str] = None
+    test_name: Optional[str] = None  # the test function and its own parameters, without the cell
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # keys an extension adds (e.g. "scenarios")
+
+    @classmethod
+    def for_cell(cls, cell: dict[str, Any]) -> "CellResult":
+        return cls(model=cell["model"], backend=cell["backend"], device=cell.get("device"),
+                   precision=cell.get("precision", "fp32"), batch_size=cell["batch_size"], dataset=cell.get("dataset"),
+                   test=cell.get("test"), test_name=cell.get("test_name"))
+
+    def set(self, **values: Any) -> None:
+        """Set several fields at once; an unknown name is an error, not a new key."""
+        for name, value in values.items():
+            if name not in _FIELDS:
+                raise AttributeError(f"CellResult has no field {name!r}")
+            setattr(self, name, value)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {name: _plain(getattr(self, name)) for name in _FIELDS if name != "extra"}
+        out.update({k: _plain(v) for k, v in self.extra.items()})
+        return out
+
+    def __getitem__(self, key: str) -> Any:
+        if key in _FIELDS and key != "extra":
+            return _plain(getattr(self, key))
+        return _plain(self.extra[key])
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(CellResult))
+
+
+def _plain(value: Any) -> Any:
+    """A field's JSON form: typed records by their own ``as_dict``."""
+    as_dict = getattr(value, "as_dict", None)
+    return as_dict() if callable(as_dict) else value
+
+
 def empty_result(cell: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "model": cell["model"],
-        "backend": cell["backend"],
-        "device": cell.get("device"),
-        "precision": cell.get("precision", "fp32"),
-        "batch_size": cell["batch_size"],
-        "dataset": cell.get("dataset"),
-        "samples": None,
-        "top1": None,
-        "top5": None,
-        "accuracy_valid": None,
-        "weights": None,
-        "weights_note": None,  # where the weights came from, or why pretrained ones could not be had
-        "weights_id": None,  # the published weights, e.g. ResNet50_Weights.IMAGENET1K_V2
-        "latency_ms": None,
-        "speedup": None,  # {"value", "ci95_rel", "paired", "reference"}: the reference's p50 over this row's
-        "timing_window": None,  # {"start", "end"}: Unix seconds of the first and last timed call
-        "throughput_ips": None,
-        "memory_mb": {"host_peak": None, "host_delta": None, "host_after": None, "device_peak": None, "device_peak_source": None},
-        "prepare_s": None,
-        "prepare_cached": None,
-        "artifact_mb": None,
-        "provider": None,
-        "math": None,  # what the arithmetic was where it differs from the precision label, e.g. "fp32, TF32 off" (GPU)
-        "device_name": None,
-        "agreement": None,
-        "reference_top1": None,  # the same model's eager fp32 on the same images
-        "reference_top5": None,
-        "delta_top1_pp": None,  # top-1 minus the reference's, in percentage points (the accuracy cost of the row)
-        "delta_top5_pp": None,
-        "calibration": None,  # int8: which images calibrated it and how, e.g. "64 MNIST training images, minmax"
-        "quantization": None,  # int8: the scheme, e.g. "QDQ, u8 activations, s8 per-channel weights"
-        "compute_latency_ms": None,  # GPU only: input already on the device, ends with a device sync
-        "device_time_ms": None,  # GPU only: CUDA-event time of the same calls
-        "threads": None,  # CPU threads the cell ran with
-        "thread_probe_ms": None,  # --cnn-threads=auto: probed median per thread count
-        "thread_choice": None,  # where the thread count came from (probed, remembered, option...) and the probe's verdict
-        "machine": None,  # the load over the cell's timing: load average before/during, others' CPU share, steal
-        "companions_ms": None,  # calls timed in the same loop as the cell (self-checks), by name
-        "phases_s": {},  # wall time by phase: model, dataset, prepare, accuracy, timing
-        "accuracy_asserted": None,  # False: accuracy means nothing here (the notes say why), nothing asserted
-        "notes": [],  # findings a suite adds with cnnbench.note(), shown beside the status
-        "reference_cached": None,  # eager logits read from the disk cache (an eager row's accuracy then too)
-        "status": None,
-        "reason": None,
-        "test": cell.get("test"),
-        "test_name": cell.get("test_name"),  # the test function and its own parameters, without the cell
-    }
+    """A row with the cell's identity and no figures yet (the JSON form of a fresh ``CellResult``)."""
+    return CellResult.for_cell(cell).as_dict()
 
 
 def _finite(value: Any) -> Any:

@@ -121,14 +121,15 @@ class CellRunner:
         self.model = model
         self.device = device
         self.benchmark: Any = None
-        self.result: Optional[dict[str, Any]] = None
+        self.result: Optional[R.CellResult] = None
         self.reference_top1: Optional[float] = None
         self.backend = registry.backends.create(spec.backend)
         self.companions: dict[str, LatencyStats] = {}
         self.paired: dict[str, tuple[float, float, int]] = {}  # companion -> (its time / the cell's; ±; chunks)
+        self.reference_label: Optional[str] = None  # the eager cell the speedup is measured against
         self.lock = worklock.for_device(device, bench.claim_gpu() if device == "cuda" else 0)
 
-    def run(self, companions: Optional[dict[str, Callable[[], Any]]] = None) -> dict[str, Any]:
+    def run(self, companions: Optional[dict[str, Callable[[], Any]]] = None) -> R.CellResult:
         """Prepare, evaluate accuracy, time, measure memory; record and return the result dict.
 
         ``companions``: other calls to time in the same loop as the cell, alternating with it
@@ -141,19 +142,19 @@ class CellRunner:
             return self.result
         spec, bench, model = self.spec, self.bench, self.model
         built = model.built
-        result = R.empty_result({**self.identity, "device": self.device})
-        result["device_name"] = device_name(self.device)
+        result = R.CellResult.for_cell({**self.identity, "device": self.device})
+        result.device_name = device_name(self.device)
         if self.device == "cuda":
-            result["gpu"] = bench.gpu_index
-        phases: dict[str, float] = result["phases_s"]
+            result.gpu = bench.gpu_index
+        phases: dict[str, float] = result.phases_s
         phases["model"] = bench.take_build_seconds()
         try:
             with _phase(phases, "dataset"), self.lock.shared():
                 dataset, images, labels = bench.dataset(spec, built, model.info)
         except CellSkip as exc:
             pytest.skip(str(exc))
-        result.update(weights=built.weights_kind, weights_note=built.weights_note, weights_id=built.weights_id or None)
-        result["accuracy_valid"] = built.accuracy_meaningful and bool(dataset.labels_meaningful)
+        result.set(weights=built.weights_kind, weights_note=built.weights_note, weights_id=built.weights_id or None)
+        result.accuracy_valid = built.accuracy_meaningful and bool(dataset.labels_meaningful)
 
         batch = images[: spec.batch_size]
         if len(batch) < spec.batch_size:  # small datasets: tile samples up to the batch size
@@ -178,13 +179,13 @@ class CellRunner:
                 with _phase(phases, "prepare"):
                     prepared = self._prepare(built.module, ctx, batch, result)
                 device_memory.sample()
-                result["provider"] = getattr(prepared, "provider", self.spec.backend)
-                result["math"] = getattr(prepared, "math", None)
+                result.provider = getattr(prepared, "provider", self.spec.backend)
+                result.math = getattr(prepared, "math", None)
                 if ctx.calibration_note:  # the backend's own account (images and method) where it gives one
-                    result["calibration"] = getattr(prepared, "calibration", None) or ctx.calibration_note
-                result["quantization"] = getattr(prepared, "quantization", None)
+                    result.calibration = getattr(prepared, "calibration", None) or ctx.calibration_note
+                result.quantization = getattr(prepared, "quantization", None)
                 if getattr(prepared, "artifact_bytes", None) is not None:
-                    result["artifact_mb"] = prepared.artifact_bytes / 2**20
+                    result.artifact_mb = prepared.artifact_bytes / 2**20
 
                 with _phase(phases, "accuracy"), self.lock.shared():
                     self._accuracy(result, prepared, built.module, ctx, images, labels, dataset.content_id, reference)
@@ -208,13 +209,13 @@ class CellRunner:
                         if device_call is not None:
                             self._time_on_device(result, device_call, rules)
                     if companions is not None:
-                        result["companions_ms"] = {
+                        result.companions_ms = {
                             name: {**c.as_dict(), "paired_ratio": 1 / self.paired[name][0] if name in self.paired else None}
                             for name, c in self.companions.items() if name != REFERENCE}
             if stats is not None:
-                result["latency_ms"] = stats.as_dict()
-                result["throughput_ips"] = spec.batch_size * 1000.0 / stats.p50
-            result["memory_mb"].update(host_peak=memory.peak_mb, host_delta=memory.delta_mb,
+                result.latency_ms = stats
+                result.throughput_ips = spec.batch_size * 1000.0 / stats.p50
+            result.memory_mb.update(host_peak=memory.peak_mb, host_delta=memory.delta_mb,
                                        device_peak=device_memory.peak_mb, device_peak_source=device_memory.source)
         finally:
             for held in (prepared, reference_prepared):
@@ -225,16 +226,25 @@ class CellRunner:
                 torch.set_num_threads(threads_before)
             gc.collect()
         # What the process holds once the cell is released: it must not grow from cell to cell.
-        result["memory_mb"]["host_after"] = current_rss_mb()
+        result.memory_mb["host_after"] = current_rss_mb()
         self.result = result
-        self.item.user_properties.append((R.RESULT_PROPERTY, result))
-        if stats is not None and self.benchmark is not None and not getattr(self.benchmark, "disabled", True):
-            self.benchmark.extra_info.update({"cnnbench": {k: v for k, v in result.items() if k != "test"}})
+        self._publish()
         if stats is not None and stats.stable is False and bench.settings.strict:
             from .machine import disturbed_message
 
-            pytest.fail(f"disturbed timing: {disturbed_message(result)} (--cnn-strict)", pytrace=False)
+            pytest.fail(f"disturbed timing: {disturbed_message(result.as_dict())} (--cnn-strict)", pytrace=False)
         return result
+
+    def _publish(self) -> None:
+        """The result's JSON form into the test's ``user_properties`` (replacing an earlier one: notes
+        and checks come after ``run``), and into pytest-benchmark's extra_info where it times."""
+        assert self.result is not None
+        row = self.result.as_dict()
+        props = self.item.user_properties
+        props[:] = [p for p in props if p[0] != R.RESULT_PROPERTY]
+        props.append((R.RESULT_PROPERTY, row))
+        if row["latency_ms"] is not None and self.benchmark is not None and not getattr(self.benchmark, "disabled", True):
+            self.benchmark.extra_info["cnnbench"] = {k: v for k, v in row.items() if k != "test"}
 
     # -- the reference of the speedup -------------------------------------------------------
     def _reference_spec(self) -> Optional[tuple[str, str]]:
@@ -252,7 +262,7 @@ class CellRunner:
         return label, precision
 
     def _reference_companion(self, module: torch.nn.Module, ctx: PrepareContext,
-                             result: dict[str, Any]) -> tuple[Optional[Prepared], Optional[Companion]]:
+                             result: R.CellResult) -> tuple[Optional[Prepared], Optional[Companion]]:
         """Eager, prepared beside the cell, at the thread count eager's own row runs with."""
         found = self._reference_spec()
         if found is None:
@@ -269,7 +279,7 @@ class CellRunner:
         batch = self._batch
         with torch.inference_mode(False):
             prepared = eager.prepare(module, eager_ctx)
-        result["speedup"] = {"value": None, "ci95_rel": None, "paired": True, "reference": label}
+        self.reference_label = label
         return prepared, Companion(prepared.bind(batch), threads)
 
     def _remembered_threads(self, parts: tuple) -> Optional[int]:
@@ -280,7 +290,7 @@ class CellRunner:
 
     # -- timing ---------------------------------------------------------------------------------
     def _time(self, prepared: Prepared, batch: torch.Tensor, rules: TimingRules, module: torch.nn.Module,
-              ctx: PrepareContext, result: dict[str, Any],
+              ctx: PrepareContext, result: R.CellResult,
               companions: dict[str, Companion]) -> tuple[LatencyStats, Prepared]:
         """Time the cell beside its companions; measure it again once if its own measurement was
         disturbed; add the between-session and pace terms; hand the calls to pytest-benchmark.
@@ -293,7 +303,7 @@ class CellRunner:
         why = remeasure_reason(timing.stats, disturbed)
         remeasured = None
         if why:
-            threads = result.get("threads")
+            threads = result.threads
             first = {"p50": timing.stats.p50, "ci95_within": timing.stats.ci95_within, "pace": load.pace,
                      "threads": threads, "machine": load.as_dict(), "why": why}
             if self.device == "cpu" and threads and threads > 1 and machine.busy_reasons(load.as_dict()):
@@ -308,27 +318,27 @@ class CellRunner:
             load.load_before = first["machine"].get("load_before", load.load_before)
         hand_to_benchmark(self.benchmark, timing.seconds)
         self.companions, self.paired = timing.companions, timing.paired
-        result["machine"] = load.as_dict()
-        result["timing_window"] = {"start": timing.window[0], "end": timing.window[1]}
+        result.machine = load.as_dict()
+        result.timing_window = {"start": timing.window[0], "end": timing.window[1]}
         # Between sessions: this cell, in this configuration, in earlier sessions on this machine.
         from . import tuning
 
-        parts = (*self._choice_parts(), result.get("threads"), result.get("provider"))
+        parts = (*self._choice_parts(), result.threads, result.provider)
         earlier = tuning.earlier_p50s(self.bench.cache, parts)
         stats = timing.stats.with_sessions(session_spread(earlier), len(earlier), rules.target_ci,
                                            pace_spread(load.pace, machine.PACE_TOLERANCE), disturbed)
         stats.remeasured = remeasured
-        if REFERENCE in timing.paired and result.get("speedup"):
+        if REFERENCE in timing.paired and self.reference_label:
             # Drift cancels out of a ratio, so any undisturbed session's speedup joins its history.
-            result["speedup"] = self._speedup(timing.paired[REFERENCE], result["speedup"]["reference"], parts,
-                                              remember=disturbed is None)
+            result.speedup = self._speedup(timing.paired[REFERENCE], self.reference_label, parts,
+                                           remember=disturbed is None)
         if at_usual_pace(load.pace, machine.PACE_TOLERANCE):
             # Every session at the machine's usual pace counts, disturbed ones too (leaving out the
             # sessions that strayed would understate how far sessions stray); one timed while the
             # machine ran slow owes its deviation to that, which its own pace term states.
             tuning.add_session(self.bench.cache, parts, {"p50": stats.p50, "ci95_within": stats.ci95_within,
                                                          "stable": stats.stable, "pace": load.pace,
-                                                         "others_cpu": result["machine"]["others_cpu"]}, SESSION_HISTORY)
+                                                         "others_cpu": result.machine["others_cpu"]}, SESSION_HISTORY)
         return stats, prepared
 
     def _timed_once(self, prepared: Prepared, batch: torch.Tensor, rules: TimingRules,
@@ -344,7 +354,7 @@ class CellRunner:
         cell = statistics.median(timing.pace) if timing.pace else None
         return timing, load, machine.disturbance(load.as_dict(), cell, session)
 
-    def _speedup(self, paired: tuple[float, float, int], reference: str, parts: tuple, remember: bool) -> dict[str, Any]:
+    def _speedup(self, paired: tuple[float, float, int], reference: str, parts: tuple, remember: bool) -> Speedup:
         """The paired speedup with its interval: within this session (chunk by chunk) and between
         sessions (this cell's earlier paired speedups), in quadrature."""
         from . import tuning
@@ -356,7 +366,7 @@ class CellRunner:
         total = math.sqrt(within ** 2 + between ** 2) if math.isfinite(within) else math.inf
         if remember:
             tuning.add_session(self.bench.cache, key, {"p50": value, "ci95_within": within}, SESSION_HISTORY)
-        return Speedup(value, total, True, reference, within, between, chunks).as_dict()
+        return Speedup(value, total, True, reference, within, between, chunks)
 
     def _pace(self, probes: list[float]) -> Optional[float]:
         """How much slower than its usual the machine ran over these probes (None: no reference yet).
@@ -373,14 +383,14 @@ class CellRunner:
         return machine.pace_of(probes, machine.PACE.reference())
 
     def _prepare_again(self, old: Prepared, module: torch.nn.Module, ctx: PrepareContext, threads: int,
-                       result: dict[str, Any]) -> Prepared:
+                       result: R.CellResult) -> Prepared:
         old.close()
         torch.set_num_threads(threads)
         ctx.threads = threads
         with torch.inference_mode(False):
             prepared = self.backend.prepare(module, ctx)
-        result["threads"] = threads
-        result["provider"] = getattr(prepared, "provider", self.spec.backend)
+        result.threads = threads
+        result.provider = getattr(prepared, "provider", self.spec.backend)
         return prepared
 
     def _device_memory(self) -> Any:
@@ -396,7 +406,7 @@ class CellRunner:
         return (self.model.key, backend or self.spec.backend, self.spec.batch_size, precision or self.spec.precision,
                 self.device, self.spec.dataset, tuple(self.model.info.input_shape))
 
-    def _prepare(self, module: torch.nn.Module, ctx: PrepareContext, batch: torch.Tensor, result: dict[str, Any]) -> Prepared:
+    def _prepare(self, module: torch.nn.Module, ctx: PrepareContext, batch: torch.Tensor, result: R.CellResult) -> Prepared:
         """Prepare the model; on the CPU with --cnn-threads=auto, once per thread candidate
         (``threadchoice``), compared interleaved with the machine to itself; the choice is remembered."""
         self._batch = batch
@@ -436,12 +446,12 @@ class CellRunner:
                 unused.close()
         torch.set_num_threads(threads)
         probes_ms = {str(n): ms for n, ms in comparison.medians_ms.items()} if comparison is not None else None
-        result.update(threads=threads, thread_probe_ms=probes_ms, prepare_s=prepare_s,
+        result.set(threads=threads, thread_probe_ms=probes_ms, prepare_s=prepare_s,
                       prepare_cached=bool(getattr(first, "cache_hit", False)),
                       thread_choice={"source": choice.source, "verdict": comparison.verdict if comparison is not None else None})
         return prepared
 
-    def _time_on_device(self, result: dict[str, Any], call: Callable[[], Any], rules: TimingRules) -> None:
+    def _time_on_device(self, result: R.CellResult, call: Callable[[], Any], rules: TimingRules) -> None:
         """Compute latency with the input already on the GPU, as trtexec's GPU compute time."""
         from .gpu import time_device_calls
         from .stats import latency_stats
@@ -450,12 +460,12 @@ class CellRunner:
         rounds = plan_timing(call, rules).rounds
         wall, device = time_device_calls(call, rounds, events=bool(getattr(self.backend, "uses_torch_allocator", False)
                                                                    or self.spec.backend == "trt"))
-        result["compute_latency_ms"] = latency_stats(wall, rules.target_ci).as_dict()
+        result.compute_latency_ms = latency_stats(wall, rules.target_ci).as_dict()
         if device:
-            result["device_time_ms"] = latency_stats(device, rules.target_ci).as_dict()
+            result.device_time_ms = latency_stats(device, rules.target_ci).as_dict()
 
     # -- accuracy -----------------------------------------------------------------------------
-    def _accuracy(self, result: dict[str, Any], prepared: Prepared, module: torch.nn.Module, ctx: PrepareContext,
+    def _accuracy(self, result: R.CellResult, prepared: Prepared, module: torch.nn.Module, ctx: PrepareContext,
                   images: torch.Tensor, labels: torch.Tensor, content_id: str, reference: torch.Tensor) -> None:
         spec, bench, model = self.spec, self.bench, self.model
         acc_key = (model.key, content_id, spec.backend, self.device, spec.precision)
@@ -468,17 +478,17 @@ class CellRunner:
             else:
                 acc = self._evaluate_on_all_cores(prepared, module, ctx, images, labels)
             bench.accuracy[acc_key] = acc
-        result.update(samples=acc.samples, top1=acc.top1, top5=acc.top5)
+        result.set(samples=acc.samples, top1=acc.top1, top5=acc.top5)
         reference_acc = accuracy_from_logits(reference, labels)
         self.reference_top1 = reference_acc.top1
-        result["reference_cached"] = bench.reference_from_disk(model, content_id, self.device)
+        result.reference_cached = bench.reference_from_disk(model, content_id, self.device)
         agree: Agreement = agreement(acc.logits, reference)
-        result["agreement"] = agree.as_dict()
-        result["reference_top1"] = reference_acc.top1
-        result["reference_top5"] = reference_acc.top5
+        result.agreement = agree.as_dict()
+        result.reference_top1 = reference_acc.top1
+        result.reference_top5 = reference_acc.top5
         # The accuracy cost of this row (precision, backend) in points against eager fp32 on the same images.
-        result["delta_top1_pp"] = _points(acc.top1, reference_acc.top1)
-        result["delta_top5_pp"] = _points(acc.top5, reference_acc.top5)
+        result.delta_top1_pp = _points(acc.top1, reference_acc.top1)
+        result.delta_top5_pp = _points(acc.top5, reference_acc.top5)
 
     def _evaluate_on_all_cores(self, prepared: Prepared, module: torch.nn.Module, ctx: PrepareContext,
                                images: torch.Tensor, labels: torch.Tensor) -> Any:
@@ -503,7 +513,8 @@ class CellRunner:
     # -- what suites call ------------------------------------------------------------------------
     def note(self, text: str) -> None:
         """Add a finding to this cell's row (shown beside its status, kept in the result files)."""
-        self.run()["notes"].append(text)
+        self.run().notes.append(text)
+        self._publish()
 
     def check_accuracy(self, min_top1: Optional[float] = None, min_top5: Optional[float] = None,
                        min_relative_to_eager: Optional[float] = None, rule: str = "") -> None:
@@ -515,31 +526,33 @@ class CellRunner:
         comes from, for the failure message.
         """
         result = self.run()
-        if not result["accuracy_valid"]:
-            why = "synthetic data has no real labels" if result["weights"] != "random" else "random weights"
+        if not result.accuracy_valid:
+            why = "synthetic data has no real labels" if result.weights != "random" else "random weights"
             text = f"accuracy not asserted: {why}"
-            result["accuracy_asserted"] = False
-            if text not in result["notes"]:
-                result["notes"].append(text)
+            result.accuracy_asserted = False
+            if text not in result.notes:
+                result.notes.append(text)
+            self._publish()
             if self.bench.settings.require_accuracy:
-                detail = result.get("weights_note") if result["weights"] == "random" else None
+                detail = result.weights_note if result.weights == "random" else None
                 pytest.fail(f"{text} (--cnn-require-accuracy)" + (f": {detail}" if detail else ""), pytrace=False)
             return
-        result["accuracy_asserted"] = True
+        result.accuracy_asserted = True
+        self._publish()
         label = self.spec.id
         if min_top1 is not None:
-            assert result["top1"] >= min_top1, f"{label}: top-1 {result['top1']:.4f} < {min_top1:.4f}" + (f" ({rule})" if rule else "")
-        if min_top5 is not None and result["top5"] is not None:
-            assert result["top5"] >= min_top5, f"{label}: top-5 {result['top5']:.4f} < {min_top5}"
+            assert result.top1 >= min_top1, f"{label}: top-1 {result.top1:.4f} < {min_top1:.4f}" + (f" ({rule})" if rule else "")
+        if min_top5 is not None and result.top5 is not None:
+            assert result.top5 >= min_top5, f"{label}: top-5 {result.top5:.4f} < {min_top5}"
         if min_relative_to_eager is not None and self.reference_top1:
-            ratio = result["top1"] / self.reference_top1
+            ratio = result.top1 / self.reference_top1
             assert ratio >= min_relative_to_eager, (
-                f"{label}: top-1 {result['top1']:.4f} is {ratio:.2%} of eager's {self.reference_top1:.4f} (< {min_relative_to_eager:.0%})")
+                f"{label}: top-1 {result.top1:.4f} is {ratio:.2%} of eager's {self.reference_top1:.4f} (< {min_relative_to_eager:.0%})")
 
     def check_agreement(self, max_rel_err: float, min_top1_agree: float) -> None:
         """Assert the backend's logits match eager's: the check that holds even with random weights."""
         result = self.run()
-        agree = result["agreement"]
+        agree = result.agreement
         if self.spec.backend == "eager" and self.spec.precision == "fp32":
             return
         label = self.spec.id
@@ -554,17 +567,17 @@ class CellRunner:
         Nothing is skipped: where accuracy means nothing (random weights, unlabelled data) nothing is
         asserted and the row says so, as ``check_accuracy`` does (a failure with --cnn-require-accuracy)."""
         result = self.run()
-        if not result["accuracy_valid"]:
+        if not result.accuracy_valid:
             self.check_accuracy()  # notes why (or fails with --cnn-require-accuracy); asserts nothing
             return
         label = self.spec.id
-        for name, drop, limit in (("top-1", result["delta_top1_pp"], max_top1_drop_pp),
-                                  ("top-5", result["delta_top5_pp"], max_top5_drop_pp)):
+        for name, drop, limit in (("top-1", result.delta_top1_pp, max_top1_drop_pp),
+                                  ("top-5", result.delta_top5_pp, max_top5_drop_pp)):
             if limit is None:
                 continue
             assert drop is not None, f"{label}: no {name} figure to compare with eager fp32's"
             key = "top1" if name == "top-1" else "top5"
-            how = f"; calibration: {result['calibration']}" if result.get("calibration") else ""
+            how = f"; calibration: {result.calibration}" if result.calibration else ""
             assert -drop <= limit, (
                 f"{label}: {name} {result[key]:.2%} is {-drop:.2f} pt below eager fp32's {result['reference_' + key]:.2%} "
-                f"on the same {result['samples']} images (allowed: {limit} pt){how}")
+                f"on the same {result.samples} images (allowed: {limit} pt){how}")

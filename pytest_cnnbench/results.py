@@ -16,8 +16,6 @@ FORMAT_VERSION = 1
 CELL_PROPERTY = "cnnbench_cell"  # identity, recorded before anything can fail
 RESULT_PROPERTY = "cnnbench_result"  # figures, recorded once measured
 
-STATUSES = ("passed", "failed", "skipped", "error")
-
 
 def empty_result(cell: dict[str, Any]) -> dict[str, Any]:
     return {

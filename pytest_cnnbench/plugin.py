@@ -34,6 +34,19 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> Any:
+    """A name registered twice by a rootdir conftest is a usage error with the registry's
+    message (both registrations), not an import traceback through the registry."""
+    try:
+        return (yield)
+    except Exception as exc:
+        cause = getattr(exc, "cause", exc)  # pytest wraps it in a ConftestImportFailure
+        if isinstance(cause, registry.RegistrationError):
+            raise pytest.UsageError(str(cause)) from None
+        raise
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",

@@ -8,13 +8,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from .cache import atomic_write_text
 
 FORMAT_VERSION = 1
 CELL_PROPERTY = "cnnbench_cell"  # identity, recorded before anything can fail
 RESULT_PROPERTY = "cnnbench_result"  # figures, recorded once measured
+# Called on each document before it is written; the plugin adds one that calls the
+# pytest_cnnbench_update_json hook while a pytest session is configured.
+document_updaters: list[Callable[[dict[str, Any]], None]] = []
 
 
 def empty_result(cell: dict[str, Any]) -> dict[str, Any]:
@@ -83,7 +86,10 @@ def document(results: Iterable[dict[str, Any]], environment: dict[str, Any]) -> 
 
 def write_json(path: Path, results: Iterable[dict[str, Any]], environment: dict[str, Any]) -> None:
     """Atomic rewrite: a reader (or a run killed mid-write) never sees half a file."""
-    atomic_write_text(path, json.dumps(document(results, environment), indent=2) + "\n")
+    doc = document(results, environment)
+    for update in document_updaters:
+        update(doc)
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
 
 
 def load_json(path: Path) -> dict[str, Any]:

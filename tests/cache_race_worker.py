@@ -3,7 +3,8 @@
 Usage: python cache_race_worker.py CACHE_DIR LOG_DIR WORKER START_AT
 
 Waits until the Unix time START_AT so the processes start together, then builds the shared
-artifacts, reads them back while others write, and adds its sessions to one tuning history.
+artifacts, reads them back while others write, and adds its sessions to one tuning history
+and to the machine's pace record.
 Each build appends a line to LOG_DIR/builds-<key>.log; cache warnings go to
 LOG_DIR/warnings-<worker>.txt, and what it read to LOG_DIR/read-<worker>.json.
 """
@@ -46,6 +47,7 @@ def main(cache_dir: str, log_dir: str, worker: str, start_at: str) -> None:
         for session in range(SESSIONS_PER_WORKER):
             tuning.SESSION_ID = f"w{worker}-s{session}"
             tuning.add_session(cache, CELL, {"p50": float(session)}, keep=1000)
+            tuning.remember_pace(cache, 0.001 * (1 + session), keep=1000)
             # Read back while the others rewrite the record.
             for key in KEYS:
                 if cache.lookup("race", key, ".bin") is None:

@@ -42,5 +42,57 @@ def test_processes_racing_on_one_cache_build_once_and_lose_nothing(tmp_path, mon
         assert read == {key: f"{key} built by worker {builds[key][0]}" for key in KEYS}, (worker, read)
     monkeypatch.setattr(tuning, "SESSION_ID", "the-checking-session")
     record = tuning.load(cache, tuning.record_key("sessions", *CELL))
-    sessions = sorted(s["session"] for s in record["sessions"])
-    assert sessions == sorted(f"w{w}-s{s}" for w in range(WORKERS) for s in range(SESSIONS_PER_WORKER))
+    every_session = sorted(f"w{w}-s{s}" for w in range(WORKERS) for s in range(SESSIONS_PER_WORKER))
+    assert sorted(s["session"] for s in record["sessions"]) == every_session
+    pace = tuning.load(cache, tuning.record_key("pace"))
+    assert sorted(s["session"] for s in pace["sessions"]) == every_session
+
+
+def test_processes_loading_one_entry_build_it_once(tmp_path):
+    """load_or_build: the processes that miss wait for the first one's build and load it."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    script = f"""
+import sys, time
+from pathlib import Path
+from pytest_cnnbench.cache import ArtifactCache
+
+def build():
+    with open({str(logs / "builds.log")!r}, "a") as log:
+        log.write(sys.argv[1] + "\\n")
+    time.sleep(0.3)
+    return "weights of " + sys.argv[1]
+
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+value, path, hit = ArtifactCache(Path({str(tmp_path / "cache")!r})).load_or_build(
+    "weights", "k", ".txt", lambda path: path.read_text(), build, lambda value, tmp: tmp.write_text(value))
+print(value, hit)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    start_at = time.time() + 2.0
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(worker), str(start_at)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for worker in range(WORKERS)]
+    outputs = [proc.communicate(timeout=120)[0].split() for proc in procs]
+    (builder,) = (logs / "builds.log").read_text().split()
+    # One built it (hit False); every other loaded that build (hit True).
+    assert sorted(outputs) == sorted([["weights", "of", builder, "False"]] + [["weights", "of", builder, "True"]] * (WORKERS - 1))
+
+
+def test_an_entry_that_does_not_load_is_discarded_and_rebuilt(tmp_path):
+    import warnings
+
+    cache = ArtifactCache(tmp_path)
+    cache.store("weights", "k", ".txt", lambda tmp: tmp.write_text("from another build"))
+
+    def load(path: Path) -> str:
+        text = path.read_text()
+        if text != "ours":
+            raise ValueError(f"cannot read {text!r}")
+        return text
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value, path, hit = cache.load_or_build("weights", "k", ".txt", load, lambda: "ours", lambda v, tmp: tmp.write_text(v))
+    assert (value, hit, path.read_text()) == ("ours", False, "ours")
+    assert any("does not load: ValueError: cannot read 'from another build'" in str(w.message) for w in caught)
+    assert cache.load_or_build("weights", "k", ".txt", load, lambda: "rebuilt", lambda v, tmp: tmp.write_text(v))[::2] == ("ours", True)

@@ -96,3 +96,19 @@ def test_an_entry_that_does_not_load_is_discarded_and_rebuilt(tmp_path):
     assert (value, hit, path.read_text()) == ("ours", False, "ours")
     assert any("does not load: ValueError: cannot read 'from another build'" in str(w.message) for w in caught)
     assert cache.load_or_build("weights", "k", ".txt", load, lambda: "rebuilt", lambda v, tmp: tmp.write_text(v))[::2] == ("ours", True)
+
+
+def test_pace_record_is_rewritten_only_when_this_sessions_pace_moves(tmp_path, monkeypatch):
+    """Every cell reports the session's pace; the shared record changes only when the pace does."""
+    monkeypatch.setattr(tuning, "SESSION_ID", "pace-session")
+    cache = ArtifactCache(tmp_path)
+    record = cache.path(tuning.KIND, tuning.record_key("pace"), ".json")
+    tuning.remember_pace(cache, 0.0010)
+    first = record.stat().st_ino  # each write publishes a new file
+    tuning.remember_pace(cache, 0.0010)
+    tuning.remember_pace(cache, 0.0010 * (1 + tuning.PACE_REWRITE_CHANGE / 2))
+    assert record.stat().st_ino == first
+    tuning.remember_pace(cache, 0.0012)
+    assert record.stat().st_ino != first
+    monkeypatch.setattr(tuning, "SESSION_ID", "later")
+    assert tuning.earlier_paces(cache) == [0.0012]  # one entry for the session, its latest pace

@@ -1,8 +1,14 @@
 """On-disk artifact cache: trained weights, exported ONNX files, TorchScript archives, engines.
 
-Every artifact is written atomically (temporary file in the same folder, then
-``os.replace``) with a SHA-256 sidecar, so a concurrent run never sees half a
-file and a corrupted artifact is detected, reported and rebuilt.
+Safe for many processes (pytest-xdist workers, concurrent runs) sharing one folder:
+
+- Every artifact has a SHA-256 sidecar. Both are written to temporary files and published
+  with ``os.replace``, the artifact first and its checksum last, while holding the entry's
+  lock (a ``filelock`` file under ``<root>/.locks/``). A reader whose artifact and checksum
+  do not match takes the lock before judging, so it waits out a publish in progress instead
+  of deleting a good entry; only a pair that still disagrees under the lock is corrupt.
+- ``get_or_build`` / ``load_or_build``: the first process that misses builds under the lock;
+  the others wait on it and reuse what it published.
 """
 
 from __future__ import annotations
@@ -13,9 +19,12 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator, Union
+from typing import Callable, Iterator, Optional, TypeVar, Union
+
+from filelock import FileLock, Timeout
 
 BytesLike = Union[bytes, bytearray, memoryview]
+T = TypeVar("T")
 
 
 class CacheWarning(UserWarning):
@@ -80,8 +89,9 @@ def atomic_write_text(target: Path, text: str) -> None:
 
 
 class ArtifactCache:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, log: Optional[Callable[[str], None]] = None) -> None:
         self.root = Path(root)
+        self.log = log  # told when this process waits for another one's build
 
     def path(self, kind: str, key: str, suffix: str) -> Path:
         return self.root / kind / f"{key}{suffix}"
@@ -89,32 +99,90 @@ class ArtifactCache:
     def _sidecar(self, path: Path) -> Path:
         return path.with_name(path.name + ".sha256")
 
+    # -- locking ---------------------------------------------------------------------------
+    def _lock_file(self, path: Path) -> Path:
+        # Apart from the artifacts, so listing a kind's folder shows artifacts and checksums only.
+        try:
+            relative = path.relative_to(self.root)
+        except ValueError:
+            relative = Path(hash_parts(str(path)))
+        return self.root / ".locks" / relative.parent / f"{relative.name}.lock"
+
+    @contextlib.contextmanager
+    def locked_path(self, path: Path) -> Iterator[None]:
+        """Hold ``path``'s entry lock (re-entrant in this process) across processes."""
+        lock_file = self._lock_file(path)
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        # One object per lock file in this process, so a nested acquire counts up instead of
+        # blocking on the flock this process already holds.
+        lock = FileLock(lock_file, is_singleton=True)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if self.log is not None:
+                self.log(f"cnnbench: waiting for another process to finish {path}")
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def locked(self, kind: str, key: str, suffix: str) -> contextlib.AbstractContextManager[None]:
+        """Hold one entry's lock, e.g. to read-modify-write it or to build several files under one key."""
+        return self.locked_path(self.path(kind, key, suffix))
+
+    # -- reading ---------------------------------------------------------------------------
+    def _intact(self, path: Path) -> bool:
+        sidecar = self._sidecar(path)
+        try:
+            expected = sidecar.read_text().strip()
+            return bool(expected) and sha256_file(path) == expected
+        except FileNotFoundError:
+            return False
+
     def lookup(self, kind: str, key: str, suffix: str) -> Path | None:
         """The cached artifact if present and intact; a corrupt one is removed with a warning."""
         path = self.path(kind, key, suffix)
-        sidecar = self._sidecar(path)
+        if self._intact(path):  # an agreeing pair is never a publish half done: no lock needed
+            return path
         if not path.exists():
             return None
-        expected = sidecar.read_text().strip() if sidecar.exists() else ""
-        if expected and sha256_file(path) == expected:
+        with self.locked_path(path):
+            return self._lookup_locked(path)
+
+    def _lookup_locked(self, path: Path) -> Path | None:
+        if not path.exists():
+            return None
+        if self._intact(path):
             return path
-        self.discard(path, "checksum mismatch" if expected else "no checksum file (incomplete write?)")
+        expected = self._sidecar(path).exists()
+        self._discard_locked(path, "checksum mismatch" if expected else "no checksum file (incomplete write?)")
         return None
 
     def discard(self, path: Path, why: str) -> None:
+        """Remove an unusable entry (with a warning), under its lock so no publish is cut in half."""
+        with self.locked_path(path):
+            self._discard_locked(path, why)
+
+    def _discard_locked(self, path: Path, why: str) -> None:
         warnings.warn(CacheWarning(f"cnnbench: cached artifact {path} is unusable ({why}); rebuilding it"))
         for stale in (path, self._sidecar(path)):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
 
+    # -- writing ---------------------------------------------------------------------------
     def store(self, kind: str, key: str, suffix: str, write: Callable[[Path], None]) -> Path:
         """Build an artifact with ``write(tmp_path)`` and publish it atomically with its checksum."""
         path = self.path(kind, key, suffix)
-        with atomic_path(path) as tmp:
+        with self.locked_path(path):
+            return self._publish_locked(path, write)
+
+    def _publish_locked(self, path: Path, write: Callable[[Path], None]) -> Path:
+        sidecar = self._sidecar(path)
+        # Contexts exit innermost first: the artifact is published, then its checksum.
+        with atomic_path(sidecar) as tmp_sidecar, atomic_path(path) as tmp:
             write(tmp)
-            digest = sha256_file(tmp)
-            # Sidecar first: a reader that finds the artifact always finds its checksum.
-            atomic_write_text(self._sidecar(path), digest)
+            tmp_sidecar.write_text(sha256_file(tmp))
         return path
 
     def get_or_build(
@@ -124,8 +192,39 @@ class ArtifactCache:
         suffix: str,
         write: Callable[[Path], None],
     ) -> tuple[Path, bool]:
-        """Return ``(path, cache_hit)``."""
-        found = self.lookup(kind, key, suffix)
-        if found is not None:
-            return found, True
-        return self.store(kind, key, suffix, write), False
+        """Return ``(path, cache_hit)``; on a miss ``write(tmp_path)`` builds it, in one process only."""
+        path = self.path(kind, key, suffix)
+        if self._intact(path):
+            return path, True
+        with self.locked_path(path):
+            if self._lookup_locked(path) is not None:  # another process built it while this one waited
+                return path, True
+            return self._publish_locked(path, write), False
+
+    def load_or_build(
+        self,
+        kind: str,
+        key: str,
+        suffix: str,
+        load: Callable[[Path], T],
+        build: Callable[[], T],
+        save: Callable[[T, Path], None],
+    ) -> tuple[T, Path, bool]:
+        """``(value, path, cache_hit)``: the cached entry loaded, else built, saved and published.
+
+        ``load(path)`` may raise on an entry that passes its checksum yet is unusable (another
+        torch build, a wrong shape): it is discarded with a warning and rebuilt. Building
+        happens under the entry's lock, so concurrent processes build it once."""
+        path = self.path(kind, key, suffix)
+        if self._intact(path):
+            with contextlib.suppress(Exception):  # judged again under the lock, where a failure discards
+                return load(path), path, True
+        with self.locked_path(path):
+            if self._lookup_locked(path) is not None:
+                try:
+                    return load(path), path, True
+                except Exception as exc:
+                    self._discard_locked(path, f"does not load: {type(exc).__name__}: {exc}")
+            value = build()
+            self._publish_locked(path, lambda tmp: save(value, tmp))
+            return value, path, False

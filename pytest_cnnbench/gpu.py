@@ -43,8 +43,13 @@ def nvml_handle(nvml: Any, device_index: int) -> Any:
     ``device_index`` can be another GPU: the handle is taken by the device's UUID."""
     import torch
 
-    uuid = nvml_uuid(torch.cuda.get_device_properties(device_index).uuid)
-    return nvml.nvmlDeviceGetHandleByUUID(uuid)
+    return nvml_handle_by_uuid(nvml, torch.cuda.get_device_properties(device_index).uuid)
+
+
+def nvml_handle_by_uuid(nvml: Any, torch_uuid: Any) -> Any:
+    """NVML's handle of the device torch reports as ``torch_uuid`` (MIG instances too), whatever
+    index NVML gives it."""
+    return nvml.nvmlDeviceGetHandleByUUID(nvml_uuid(torch_uuid))
 
 
 class DeviceMemory:

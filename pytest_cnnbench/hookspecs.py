@@ -12,13 +12,24 @@ def pytest_cnnbench_environment(config: pytest.Config, results: list[dict[str, A
     """Describe the machine and software for the report header and result files.
 
     The default implementation gives versions, platform, CPU and the devices seen
-    in ``results``; return a dict to replace it.
+    in ``results``; return a dict to replace it. To add to it instead, implement
+    ``pytest_cnnbench_update_environment``.
     """
+
+
+def pytest_cnnbench_update_environment(config: pytest.Config, environment: dict[str, Any]) -> None:
+    """Change the environment in place (add a field, drop one), whichever hook produced it."""
 
 
 @pytest.hookspec(firstresult=True)
 def pytest_cnnbench_format_table(config: pytest.Config, results: list[dict[str, Any]]) -> str:
     """Return the terminal summary table for ``results``; the default uses tabulate."""
+
+
+def pytest_cnnbench_update_json(config: pytest.Config, document: dict[str, Any]) -> None:
+    """Change a result file's document in place before it is written (``--cnn-json`` and
+    ``.json`` reports): e.g. add a top-level key. Its ``results`` and ``environment`` are the
+    run's own; what is added must be JSON."""
 
 
 def pytest_cnnbench_result(config: pytest.Config, result: dict[str, Any]) -> None:

@@ -270,7 +270,6 @@ def _compare(config: pytest.Config) -> tuple[Optional[Path], tuple[Any, ...]]:
 
 
 def parse_settings(config: pytest.Config) -> Settings:
-    registry.load_builtins()
     data_root_raw = _raw(config, "cnn-data-root") or os.environ.get("CNNBENCH_DATA_ROOT")
     data_root = None
     if data_root_raw:

@@ -17,6 +17,7 @@ from .options import Settings, add_options, parse_settings
 from .session import CnnBenchSession
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
+JSON_UPDATER_KEY = pytest.StashKey[Any]()
 SESSION_KEY = pytest.StashKey[CnnBenchSession]()
 WORKBENCH_KEY = pytest.StashKey[Any]()
 IDENTITY = pytest.StashKey[dict]()  # per item: the row identity recorded in user_properties
@@ -32,6 +33,19 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     from . import hookspecs
 
     pluginmanager.add_hookspecs(hookspecs)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> Any:
+    """A name registered twice by a rootdir conftest is a usage error with the registry's
+    message (both registrations), not an import traceback through the registry."""
+    try:
+        return (yield)
+    except Exception as exc:
+        cause = getattr(exc, "cause", exc)  # pytest wraps it in a ConftestImportFailure
+        if isinstance(cause, registry.RegistrationError):
+            raise pytest.UsageError(str(cause)) from None
+        raise
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -60,9 +74,23 @@ def pytest_configure(config: pytest.Config) -> None:
     session = CnnBenchSession(config, settings)
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "cnnbench-session")
+    config.pluginmanager.register(UpdateHooks(), "cnnbench-update-hooks")
+    from . import results
+
+    def update_json(document: dict[str, Any]) -> None:
+        config.hook.pytest_cnnbench_update_json(config=config, document=document)
+
+    results.document_updaters.append(update_json)
+    config.stash[JSON_UPDATER_KEY] = update_json
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    update_json = config.stash.get(JSON_UPDATER_KEY, None)
+    if update_json is not None:
+        from . import results
+
+        results.document_updaters.remove(update_json)
+        del config.stash[JSON_UPDATER_KEY]
     session = config.stash.get(SESSION_KEY, None)
     if session is not None:
         config.pluginmanager.unregister(session)
@@ -83,6 +111,18 @@ def pytest_cnnbench_format_table(config: pytest.Config, results: list[dict[str, 
     from .table import format_table
 
     return format_table(results, changes=config.stash[SESSION_KEY].table_changes(results))
+
+
+class UpdateHooks:
+    """Runs the ``pytest_cnnbench_update_*`` hooks on what the generating hooks return, so a
+    conftest adds to the default instead of re-implementing it."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_cnnbench_environment(self, config: pytest.Config, results: list[dict[str, Any]]) -> Any:
+        environment = yield
+        if isinstance(environment, dict):
+            config.hook.pytest_cnnbench_update_environment(config=config, environment=environment)
+        return environment
 
 
 # -- parametrization --------------------------------------------------------------------

@@ -9,15 +9,16 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from .cache import atomic_write_text
 
 FORMAT_VERSION = 1
 CELL_PROPERTY = "cnnbench_cell"  # identity, recorded before anything can fail
 RESULT_PROPERTY = "cnnbench_result"  # figures, recorded once measured
-
-STATUSES = ("passed", "failed", "skipped", "error")
+# Called on each document before it is written; the plugin adds one that calls the
+# pytest_cnnbench_update_json hook while a pytest session is configured.
+document_updaters: list[Callable[[dict[str, Any]], None]] = []
 
 
 # What tells one cell from another in a run: the same test measuring the same configuration.
@@ -161,7 +162,10 @@ def document(results: Iterable[dict[str, Any]], environment: dict[str, Any]) -> 
 
 def write_json(path: Path, results: Iterable[dict[str, Any]], environment: dict[str, Any]) -> None:
     """Atomic rewrite: a reader (or a run killed mid-write) never sees half a file."""
-    atomic_write_text(path, json.dumps(document(results, environment), indent=2) + "\n")
+    doc = document(results, environment)
+    for update in document_updaters:
+        update(doc)
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
 
 
 def load_json(path: Path) -> dict[str, Any]:

@@ -9,23 +9,30 @@
   between-session part of the stated spread is estimated (``stats.session_spread``).
 
 Records are small JSON files under ``<cache>/tuning/``, written atomically with a checksum
-like every artifact. No torch here.
+like every artifact. The session records are shared by every process on the machine, so each
+update reads, changes and writes its record while holding the record's lock. No torch here.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import uuid
-from typing import Any, Optional
+import warnings
+from typing import Any, Callable, Optional
 
 from .cache import ArtifactCache, CacheWarning, hash_parts
 from .environment import cpu_model, package_version, physical_cores
 from .machine import cpu_count
 
 KIND = "tuning"
-SESSION_ID = uuid.uuid4().hex[:12]  # this process: its own measurements are not "earlier sessions"
+# This run: its own measurements are not "earlier sessions". pytest-xdist gives all workers of
+# one run the same id, so one worker's cells are not another's earlier session.
+SESSION_ID = (os.environ.get("PYTEST_XDIST_TESTRUNUID") or uuid.uuid4().hex)[:12]
+# Relative change of this session's pace p10 below which its record is not rewritten.
+PACE_REWRITE_CHANGE = 0.01
 
 
 def machine_identity() -> dict[str, Any]:
@@ -62,9 +69,24 @@ def save(cache: ArtifactCache, key: str, data: dict[str, Any]) -> None:
     try:
         cache.store(KIND, key, ".json", lambda tmp: tmp.write_text(text))
     except OSError as exc:  # a read-only cache must not fail the cell
-        import warnings
+        _cannot_remember(cache, data.get("what", "a choice"), exc)
 
-        warnings.warn(CacheWarning(f"cnnbench: cannot remember {data.get('what', 'a choice')} in {cache.root}: {exc}"))
+
+def _cannot_remember(cache: ArtifactCache, what: str, exc: OSError) -> None:
+    warnings.warn(CacheWarning(f"cnnbench: cannot remember {what} in {cache.root}: {exc}"))
+
+
+def update(cache: ArtifactCache, key: str, what: str,
+           change: Callable[[Optional[dict[str, Any]]], Optional[dict[str, Any]]]) -> None:
+    """Read, change and write back one record under its lock, so concurrent writers lose nothing.
+    ``change(record or None)`` returns the new record, or None to leave it as it is."""
+    try:
+        with cache.locked(KIND, key, ".json"):
+            new = change(load(cache, key))
+            if new is not None:
+                save(cache, key, new)
+    except OSError as exc:  # the lock cannot be made: a read-only cache
+        _cannot_remember(cache, what, exc)
 
 
 def now() -> str:
@@ -91,13 +113,15 @@ def earlier_p50s(cache: ArtifactCache, parts: tuple) -> list[float]:
 
 
 def add_session(cache: ArtifactCache, parts: tuple, entry: dict[str, Any], keep: int) -> None:
-    key = record_key("sessions", *parts)
-    record = load(cache, key) or {"what": "sessions", "cell": [str(p) for p in parts], "sessions": []}
-    sessions = [s for s in record.get("sessions", []) if s.get("session") != SESSION_ID]
-    sessions.append({"session": SESSION_ID, "when": now(), **entry})
-    record["sessions"] = sessions[-keep:]
-    record["machine"] = machine_identity()
-    save(cache, key, record)
+    def add(record: Optional[dict[str, Any]]) -> dict[str, Any]:
+        record = record or {"what": "sessions", "cell": [str(p) for p in parts], "sessions": []}
+        sessions = [s for s in record.get("sessions", []) if s.get("session") != SESSION_ID]
+        sessions.append({"session": SESSION_ID, "when": now(), **entry})
+        record["sessions"] = sessions[-keep:]
+        record["machine"] = machine_identity()
+        return record
+
+    update(cache, record_key("sessions", *parts), "a session's p50", add)
 
 
 def earlier_paces(cache: ArtifactCache) -> list[float]:
@@ -107,10 +131,26 @@ def earlier_paces(cache: ArtifactCache) -> list[float]:
 
 
 def remember_pace(cache: ArtifactCache, p10: float, keep: int = 20) -> None:
-    key = record_key("pace")
-    record = load(cache, key) or {"what": "pace", "sessions": []}
-    sessions = [s for s in record.get("sessions", []) if s.get("session") != SESSION_ID]
-    sessions.append({"session": SESSION_ID, "when": now(), "p10": p10})
-    record["sessions"] = sessions[-keep:]
-    record["machine"] = machine_identity()
-    save(cache, key, record)
+    """This session's pace in the machine's shared record. Called after every cell: the record
+    is rewritten only when this session's p10 is new or has moved by ``PACE_REWRITE_CHANGE``."""
+    def add(record: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        record = record or {"what": "pace", "sessions": []}
+        sessions = record.get("sessions", [])
+        own = [s.get("p10") for s in sessions if s.get("session") == SESSION_ID]
+        if own and own[-1] and abs(own[-1] - p10) <= PACE_REWRITE_CHANGE * own[-1]:
+            return None
+        sessions = [s for s in sessions if s.get("session") != SESSION_ID]
+        sessions.append({"session": SESSION_ID, "when": now(), "p10": p10})
+        record["sessions"] = sessions[-keep:]
+        record["machine"] = machine_identity()
+        return record
+
+    written = (str(cache.root), SESSION_ID)
+    last = _last_pace_written.get(written)
+    if last is not None and abs(last - p10) <= PACE_REWRITE_CHANGE * last:  # skip even the lock and the read
+        return
+    update(cache, record_key("pace"), "the machine's pace", add)
+    _last_pace_written[written] = p10
+
+
+_last_pace_written: dict[tuple[str, str], float] = {}  # (cache root, session) -> p10 this process wrote last

@@ -11,6 +11,7 @@ import dataclasses
 import gc
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
@@ -100,7 +101,7 @@ class _Lru(OrderedDict):
 class Workbench:
     def __init__(self, settings: Settings, log: Callable[[str], None]) -> None:
         self.settings = settings
-        self.cache = ArtifactCache(settings.cache_dir)
+        self.cache = ArtifactCache(settings.cache_dir, log)
         self.log = log
         self.models = _Lru(1)  # (name, weights, dataset) -> CellModel
         self.datasets = _Lru(2)  # (dataset, preprocess) -> (dataset, images, labels)
@@ -208,22 +209,25 @@ class Workbench:
         if ref_key not in self.references:
             disk_key = hash_parts("reference", model.key, content_id, built.preprocess_id, device, torch.__version__,
                                   reference_math(device))
-            path = self.cache.lookup("reference", disk_key, ".pt")
-            logits = None
-            if path is not None:
-                try:
-                    logits = torch.load(path, weights_only=True)
-                    self.references_from_disk.add(ref_key)
-                except Exception as exc:
-                    self.cache.discard(path, f"does not load: {exc}")
-            if logits is None or logits.shape[0] != len(labels):
+
+            def load(path: Path) -> torch.Tensor:
+                logits = torch.load(path, weights_only=True)
+                if logits.shape[0] != len(labels):
+                    raise ValueError(f"it holds logits of {logits.shape[0]} images, not {len(labels)}")
+                return logits
+
+            def build() -> torch.Tensor:
                 from .backends.eager import EagerBackend
 
                 prepared = EagerBackend().prepare(built.module, self.prepare_ctx(spec, device, model, "fp32"))
                 # Same shape check as every cell.
-                logits = evaluate(prepared.run, images, labels, accuracy_batch(images), model.info.num_classes).logits
+                return evaluate(prepared.run, images, labels, accuracy_batch(images), model.info.num_classes).logits
+
+            logits, _, from_disk = self.cache.load_or_build("reference", disk_key, ".pt", load, build, torch.save)
+            if from_disk:
+                self.references_from_disk.add(ref_key)
+            else:
                 self.references_from_disk.discard(ref_key)
-                self.cache.store("reference", disk_key, ".pt", lambda tmp: torch.save(logits, tmp))
             self.references[ref_key] = logits
         return self.references[ref_key]
 

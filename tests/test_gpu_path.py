@@ -310,15 +310,32 @@ def test_gpu_extra_pins_one_consistent_set():
         assert not any(req.startswith(("torch", "tensorrt", "onnxruntime-gpu")) for req in extras[name])
 
 
-def test_nvml_handle_is_taken_by_the_cuda_devices_uuid():
-    """NVML ignores CUDA_VISIBLE_DEVICES: index 0 may be another GPU. The handle comes from the UUID
-    of the CUDA device under test, in NVML's "GPU-..." form."""
-    import torch
+class TwoGpuNvml:
+    """NVML on a machine with two GPUs, as NVML numbers them (it ignores CUDA_VISIBLE_DEVICES)."""
 
+    UUIDS = ["GPU-aaaaaaaa-0000-1111-2222-333344445555", "GPU-bbbbbbbb-0000-1111-2222-333344445555"]
+    MIG = "MIG-cccccccc-0000-1111-2222-333344445555"  # a MIG instance of the second GPU
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return ("handle", self.UUIDS[index])
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        if uuid not in self.UUIDS + [self.MIG]:
+            raise LookupError(f"NVML_ERROR_NOT_FOUND: {uuid}")
+        return ("handle", uuid)
+
+
+@pytest.mark.parametrize("torch_uuid, expected", [
+    # CUDA_VISIBLE_DEVICES=1: CUDA device 0 is NVML's device 1, and torch reports its UUID bare.
+    ("bbbbbbbb-0000-1111-2222-333344445555", TwoGpuNvml.UUIDS[1]),
+    (TwoGpuNvml.UUIDS[1], TwoGpuNvml.UUIDS[1]),  # already in NVML's form
+    (TwoGpuNvml.MIG, TwoGpuNvml.MIG),  # a MIG instance keeps its own prefix
+])
+def test_nvml_handle_is_the_device_with_the_cuda_uuid_not_the_cuda_index(torch_uuid, expected):
+    """NVML ignores CUDA_VISIBLE_DEVICES: by CUDA's index (0) the handle would be another GPU."""
     from pytest_cnnbench import gpu
 
-    assert gpu.nvml_uuid("4a8b2c1d-0000-1111-2222-333344445555") == "GPU-4a8b2c1d-0000-1111-2222-333344445555"
-    assert gpu.nvml_uuid("GPU-4a8b") == "GPU-4a8b" and gpu.nvml_uuid("MIG-77") == "MIG-77"
+    assert gpu.nvml_handle_by_uuid(TwoGpuNvml(), torch_uuid) == ("handle", expected)
 
 
 def test_nvml_handle_names_the_cuda_device_under_test():

@@ -51,18 +51,33 @@ def test_ini_twins_apply_and_command_line_overrides(tiny_project):
         "test_suite.py::test_bench[tiny-ort-bs2]", "test_suite.py::test_bench[tiny-ort-bs3]"]
 
 
-def test_marker_narrows_cells_and_empty_tests_are_deselected(tiny_project):
+def test_marker_narrows_cells_by_models_and_backends_and_empty_tests_are_deselected(tiny_project):
     tiny_project.makepyfile(test_marked="""
         import pytest
 
-        @pytest.mark.cnnbench(models=["lenet"], backends=["ort"])
-        def test_only_lenet(cnnbench):
+        @pytest.mark.cnnbench(models=["tiny"], backends=["ort"])
+        def test_tiny_on_ort(cnnbench):
+            pass
+
+        @pytest.mark.cnnbench(models=["lenet"], backends=["eager"])
+        def test_lenet_on_eager(cnnbench):
             pass
     """)
-    result = run(tiny_project, "--collect-only", "-q", "--cnn-backend=eager,ort")
-    lines = result.outlines
-    assert "test_marked.py::test_only_lenet[lenet-ort-bs1]" not in lines
-    assert "test_suite.py::test_bench[tiny-ort-bs1]" in lines
+
+    def collected(*options: str) -> tuple[list[str], list[str]]:
+        lines = run(tiny_project, "--collect-only", "-q", *options).outlines
+        return [line for line in lines if "::test_" in line], lines
+
+    # Both models and both backends are selected, so only the markers narrow the cells.
+    ids, _ = collected("--cnn-model=tiny,lenet", "--cnn-backend=eager,ort")
+    assert [i for i in ids if i.startswith("test_marked.py")] == [
+        "test_marked.py::test_tiny_on_ort[tiny-ort-bs1]", "test_marked.py::test_lenet_on_eager[lenet-eager-bs1]"]
+    assert sorted(i for i in ids if i.startswith("test_suite.py")) == [  # unmarked: every cell
+        "test_suite.py::test_bench[lenet-eager-bs1]", "test_suite.py::test_bench[lenet-ort-bs1]",
+        "test_suite.py::test_bench[tiny-eager-bs1]", "test_suite.py::test_bench[tiny-ort-bs1]"]
+    # The options narrow further: a marked test left without cells is deselected.
+    ids, lines = collected("--cnn-model=tiny", "--cnn-backend=eager,ort")
+    assert [i for i in ids if i.startswith("test_marked.py")] == ["test_marked.py::test_tiny_on_ort[tiny-ort-bs1]"]
     assert any("1 deselected" in line for line in lines)
 
 

@@ -134,21 +134,23 @@ class OpenVinoBackend:
             raise RuntimeError("int8 needs calibration images, and this cell has none")
         key = hash_parts("openvino-int8", onnx_path.stem, ctx.model_key, ctx.calibration_id, str(len(ctx.calibration)),
                          ctx.calibration_method, self._scheme(), ov.__version__, nncf.__version__)
-        xml, weights = ctx.cache.lookup("openvino-int8", key, ".xml"), ctx.cache.lookup("openvino-int8", key, ".bin")
-        if xml is not None and weights is not None:
-            try:
-                return _core().read_model(str(xml), str(weights)), True, weights.stat().st_size
-            except Exception as exc:  # passes its checksum yet does not load (another OpenVINO)
-                ctx.cache.discard(xml, f"OpenVINO cannot read it: {type(exc).__name__}: {exc}")
-        quantized = self._quantize(_core().read_model(str(onnx_path)), ctx)
-        import tempfile
+        # Two files under one key: the .xml entry's lock guards both, so one process quantizes.
+        with ctx.cache.locked("openvino-int8", key, ".xml"):
+            xml, weights = ctx.cache.lookup("openvino-int8", key, ".xml"), ctx.cache.lookup("openvino-int8", key, ".bin")
+            if xml is not None and weights is not None:
+                try:
+                    return _core().read_model(str(xml), str(weights)), True, weights.stat().st_size
+                except Exception as exc:  # passes its checksum yet does not load (another OpenVINO)
+                    ctx.cache.discard(xml, f"OpenVINO cannot read it: {type(exc).__name__}: {exc}")
+            quantized = self._quantize(_core().read_model(str(onnx_path)), ctx)
+            import tempfile
 
-        with tempfile.TemporaryDirectory(prefix="cnnbench-openvino-") as folder:
-            saved = Path(folder) / "model.xml"
-            ov.save_model(quantized, str(saved), compress_to_fp16=False)
-            # .bin first: a reader that finds the .xml finds its weights.
-            weights = ctx.cache.store("openvino-int8", key, ".bin", lambda tmp: tmp.write_bytes(saved.with_suffix(".bin").read_bytes()))
-            xml = ctx.cache.store("openvino-int8", key, ".xml", lambda tmp: tmp.write_bytes(saved.read_bytes()))
+            with tempfile.TemporaryDirectory(prefix="cnnbench-openvino-") as folder:
+                saved = Path(folder) / "model.xml"
+                ov.save_model(quantized, str(saved), compress_to_fp16=False)
+                # .bin first: a reader that finds the .xml finds its weights.
+                weights = ctx.cache.store("openvino-int8", key, ".bin", lambda tmp: tmp.write_bytes(saved.with_suffix(".bin").read_bytes()))
+                xml = ctx.cache.store("openvino-int8", key, ".xml", lambda tmp: tmp.write_bytes(saved.read_bytes()))
         return _core().read_model(str(xml), str(weights)), False, weights.stat().st_size
 
     def _quantize(self, model: Any, ctx: PrepareContext) -> Any:

@@ -48,17 +48,12 @@ class TorchScriptBackend:
         with warnings.catch_warnings():
             _silence_deprecation()
             key = hash_parts("torchscript", ctx.model_key, ctx.device, ctx.precision, str(ctx.batch_size), torch.__version__)
-            path = ctx.cache.lookup("torchscript", key, ".pt")
-            frozen, cache_hit = None, False
-            if path is not None:
-                try:
-                    frozen, cache_hit = torch.jit.load(str(path), map_location=ctx.device), True
-                except Exception as exc:  # passes the checksum yet does not load (e.g. another torch build)
-                    ctx.cache.discard(path, f"does not load: {type(exc).__name__}: {exc}")
-            if frozen is None:
-                built = self._build(module, ctx)
-                path = ctx.cache.store("torchscript", key, ".pt", lambda tmp: torch.jit.save(built, str(tmp)))
-                frozen = built
+            frozen, path, cache_hit = ctx.cache.load_or_build(
+                "torchscript", key, ".pt",
+                # A file that passes its checksum yet does not load (e.g. another torch build) is rebuilt.
+                lambda path: torch.jit.load(str(path), map_location=ctx.device),
+                lambda: self._build(module, ctx),
+                lambda built, tmp: torch.jit.save(built, str(tmp)))
             scripted, variant = self._fastest(frozen, ctx)
             return TorchPrepared(scripted, ctx.device, ctx.precision, f"torchscript {variant} {ctx.device}",
                                  path.stat().st_size, cache_hit=cache_hit)

@@ -85,39 +85,41 @@ class TrtBackend:
         def accepts_profile(loaded: Any) -> Optional[str]:
             return batch_range_problem(loaded, ctx.input_shape, (1, max_batch), "cuda", dtype)
 
-        found = load_validated(ctx.cache, "trt", key, SUFFIX, lambda path: torch_tensorrt.load(str(path)).module(),
-                               accepts_profile)
-        if found is not None:
-            compiled, path = found
-            return self._prepared(compiled, ctx, provider, path.stat().st_size, True, max_batch, dtype)
+        # Under the entry's lock: one process builds the engine, the others wait and load it.
+        with ctx.cache.locked("trt", key, SUFFIX):
+            found = load_validated(ctx.cache, "trt", key, SUFFIX, lambda path: torch_tensorrt.load(str(path)).module(),
+                                   accepts_profile)
+            if found is not None:
+                compiled, path = found
+                return self._prepared(compiled, ctx, provider, path.stat().st_size, True, max_batch, dtype)
 
-        model = copy.deepcopy(module).eval().to("cuda", dtype)
-        export_mode: Any = contextlib.nullcontext()
-        if ctx.precision == "int8":
-            model = self._quantize_int8(model, ctx)
-            from modelopt.torch.quantization.utils import export_torch_mode
+            model = copy.deepcopy(module).eval().to("cuda", dtype)
+            export_mode: Any = contextlib.nullcontext()
+            if ctx.precision == "int8":
+                model = self._quantize_int8(model, ctx)
+                from modelopt.torch.quantization.utils import export_torch_mode
 
-            export_mode = export_torch_mode()  # lets torch.export trace ModelOpt's quantize/dequantize nodes
-        profile = torch_tensorrt.Input(
-            min_shape=(1, *ctx.input_shape), opt_shape=(ctx.batch_size, *ctx.input_shape),
-            max_shape=(max_batch, *ctx.input_shape), dtype=dtype,
-        )
-        with export_mode:
-            program = export_dynamic_batch(model, ctx.input_shape, max_batch, "cuda", dtype, opt_batch=ctx.batch_size)
-            compiled = torch_tensorrt.dynamo.compile(program, arg_inputs=[profile], disable_tf32=True)
-        size = parameter_bytes(module)
-        example = example_input(ctx.input_shape, max_batch, "cuda", dtype, opt_batch=ctx.batch_size)
+                export_mode = export_torch_mode()  # lets torch.export trace ModelOpt's quantize/dequantize nodes
+            profile = torch_tensorrt.Input(
+                min_shape=(1, *ctx.input_shape), opt_shape=(ctx.batch_size, *ctx.input_shape),
+                max_shape=(max_batch, *ctx.input_shape), dtype=dtype,
+            )
+            with export_mode:
+                program = export_dynamic_batch(model, ctx.input_shape, max_batch, "cuda", dtype, opt_batch=ctx.batch_size)
+                compiled = torch_tensorrt.dynamo.compile(program, arg_inputs=[profile], disable_tf32=True)
+            size = parameter_bytes(module)
+            example = example_input(ctx.input_shape, max_batch, "cuda", dtype, opt_batch=ctx.batch_size)
 
-        def save(path: str) -> None:
-            torch_tensorrt.save(compiled, path, output_format="exported_program", arg_inputs=[example],
-                                dynamic_shapes=batch_dynamic_shapes(max_batch))
+            def save(path: str) -> None:
+                torch_tensorrt.save(compiled, path, output_format="exported_program", arg_inputs=[example],
+                                    dynamic_shapes=batch_dynamic_shapes(max_batch))
 
-        try:
-            path = ctx.cache.store("trt", key, SUFFIX, lambda tmp: save_pt2(save, tmp))
-            size = path.stat().st_size
-        except Exception as exc:  # the engine still runs; it is rebuilt next run
-            warnings.warn(f"cnnbench: TensorRT engine not cached ({type(exc).__name__}: {exc})")
-        return self._prepared(compiled, ctx, provider, size, False, max_batch, dtype)
+            try:
+                path = ctx.cache.store("trt", key, SUFFIX, lambda tmp: save_pt2(save, tmp))
+                size = path.stat().st_size
+            except Exception as exc:  # the engine still runs; it is rebuilt next run
+                warnings.warn(f"cnnbench: TensorRT engine not cached ({type(exc).__name__}: {exc})")
+            return self._prepared(compiled, ctx, provider, size, False, max_batch, dtype)
 
     @staticmethod
     def _quantize_int8(model: torch.nn.Module, ctx: PrepareContext) -> torch.nn.Module:

@@ -1,9 +1,10 @@
-"""Built-in datasets. Factories import their heavy modules lazily."""
+"""Built-in datasets: the factories that ``registry.BUILTINS`` names. Heavy modules are imported inside each.
+
+Their names differ from the submodules', which would shadow them once imported."""
 
 from __future__ import annotations
 
 from ..core import DatasetContext
-from ..registry import register_dataset
 
 
 def imagenet_preprocess():
@@ -15,24 +16,19 @@ def imagenet_preprocess():
     return transform, "torchvision " + " ".join(repr(transform).split())
 
 
-@register_dataset("mnist", input_shape=(1, 28, 28), num_classes=10, description="MNIST test set (10,000 digits), from IDX files or a torchvision download")
-def mnist(ctx: DatasetContext):
+def mnist_test_set(ctx: DatasetContext):
     from .mnist import MnistDataset
 
     return MnistDataset.from_context(ctx, split="test")
 
 
-@register_dataset("synthetic", description="random images of the model's input shape; for latency only")
-def synthetic(ctx: DatasetContext):
+def synthetic_images(ctx: DatasetContext):
     from .synthetic import SyntheticDataset
 
     return SyntheticDataset(ctx.input_shape, ctx.num_classes)
 
 
-@register_dataset("imagenet", input_shape=(3, 224, 224), num_classes=1000, bare_preprocess=imagenet_preprocess,
-                  description="ImageNet-style folder under --cnn-data-root: WordNet-id class subfolders, "
-                                          "or images + labels.csv (e.g. imagenet-sample/)")
-def imagenet(ctx: DatasetContext):
+def imagenet_folder(ctx: DatasetContext):
     from .imagefolder import ImageFolderDataset
 
     return ImageFolderDataset.from_context(ctx)

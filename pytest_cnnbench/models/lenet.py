@@ -123,25 +123,28 @@ def build_lenet(ctx: ModelContext) -> BuiltModel:
     dctx = DatasetContext("mnist", ctx.data_root, ctx.cache, ctx.input_shape, ctx.num_classes, ctx.download, ctx.log)
     train_set = MnistDataset.from_context(dctx, split="train")
     key = hash_parts("lenet", repr(model), repr(recipe), train_set.content_id)
-    path = ctx.cache.lookup("weights", key, ".pt")
-    if path is not None:
-        try:
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            return BuiltModel(model.eval(), preprocess, "trained", f"trained on MNIST train, cached {path}", preprocess.id)
-        except Exception as exc:  # a checkpoint that passes the checksum but does not load
-            ctx.cache.discard(path, f"does not load: {type(exc).__name__}: {exc}")
-            model = initial_model(ctx.num_classes, recipe.seed)
 
-    log = ctx.log
-    log(f"cnnbench: training LeNet on {len(train_set)} MNIST images (seed {recipe.seed}, {recipe.epochs} epochs, "
-        f"{recipe.threads} thread); cached afterwards")
-    x, y = train_set.load(preprocess)
-    train(model, x, y, recipe, log)
-    test_set = MnistDataset.from_context(dctx, split="test")
-    tx, ty = test_set.load(preprocess)
-    acc = accuracy(model, tx, ty)
-    log(f"cnnbench: LeNet test accuracy after training: {acc:.4f}")
-    if acc < MIN_TEST_ACCURACY:
-        raise RuntimeError(f"LeNet training reached only {acc:.4f} test accuracy (< {MIN_TEST_ACCURACY}); not caching it")
-    path = ctx.cache.store("weights", key, ".pt", lambda tmp: torch.save(model.state_dict(), tmp))
-    return BuiltModel(model, preprocess, "trained", f"trained on MNIST train, cached {path}", preprocess.id)
+    def load(path: Path) -> nn.Module:
+        cached = initial_model(ctx.num_classes, recipe.seed)
+        cached.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return cached
+
+    def build() -> nn.Module:
+        # Under the cache entry's lock: other processes that need these weights wait for them.
+        log = ctx.log
+        log(f"cnnbench: training LeNet on {len(train_set)} MNIST images (seed {recipe.seed}, {recipe.epochs} epochs, "
+            f"{recipe.threads} thread); cached afterwards")
+        trained = initial_model(ctx.num_classes, recipe.seed)
+        x, y = train_set.load(preprocess)
+        train(trained, x, y, recipe, log)
+        test_set = MnistDataset.from_context(dctx, split="test")
+        tx, ty = test_set.load(preprocess)
+        acc = accuracy(trained, tx, ty)
+        log(f"cnnbench: LeNet test accuracy after training: {acc:.4f}")
+        if acc < MIN_TEST_ACCURACY:
+            raise RuntimeError(f"LeNet training reached only {acc:.4f} test accuracy (< {MIN_TEST_ACCURACY}); not caching it")
+        return trained
+
+    model, path, _ = ctx.cache.load_or_build("weights", key, ".pt", load, build,
+                                             lambda trained, tmp: torch.save(trained.state_dict(), tmp))
+    return BuiltModel(model.eval(), preprocess, "trained", f"trained on MNIST train, cached {path}", preprocess.id)

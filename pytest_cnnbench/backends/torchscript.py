@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 
+from .. import progress
 from ..cache import hash_parts
 from ..measure import compare_interleaved
 from .base import PrepareContext, TorchPrepared, torch_dtype, torch_precision_reason
@@ -56,6 +57,7 @@ class TorchScriptBackend:
                 except Exception as exc:  # passes the checksum yet does not load (e.g. another torch build)
                     ctx.cache.discard(path, f"does not load: {type(exc).__name__}: {exc}")
             if frozen is None:
+                progress.update("TorchScript trace and freeze")
                 built = self._build(module, ctx)
                 path = ctx.cache.store("torchscript", key, ".pt", lambda tmp: torch.jit.save(built, str(tmp)))
                 frozen = built
@@ -73,6 +75,7 @@ class TorchScriptBackend:
         record = tuning.remembered_choice(ctx.cache, "torchscript-variant", parts, ctx.reprobe)
         if record is not None and record["choice"] == "frozen":
             return frozen, "frozen"
+        progress.update("TorchScript optimize_for_inference, then timing it against the frozen module")
         try:
             # optimize_for_inference rewrites the module it is given: optimize a copy.
             buffer = io.BytesIO()

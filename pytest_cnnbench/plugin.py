@@ -56,7 +56,7 @@ def pytest_configure(config: pytest.Config) -> None:
             pytest.PytestWarning(
                 f"cnnbench: timing under pytest-xdist (-n {workers}) on the CPU is distorted: the workers compete "
                 "for the same cores, so latencies are inflated and noisy. Use -n 0 for figures you report; "
-                "with several GPUs, pin one worker per GPU (see README)."
+                "with several GPUs, pin one worker per GPU (see docs/gpu.md, \"Several GPUs with pytest-xdist\")."
             ),
             stacklevel=2,
         )

@@ -98,14 +98,16 @@ class RecordingReporter:
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """A clock the test advances, and progress's state restored afterwards: this pytest process
+    runs the plugin too, and its own display must survive these tests."""
+    monkeypatch.setattr(progress, "_display", None)
+    monkeypatch.setattr(progress, "_cell", None)
     now = [1000.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
-    yield now
-    progress.install(None)
+    return now
 
 
-def test_nothing_is_shown_until_a_display_is_installed():
-    progress.install(None)
+def test_nothing_is_shown_until_a_display_is_installed(clock):
     progress.start_cell("x")
     progress.update("phase", 1, 2)
     progress.end_cell()

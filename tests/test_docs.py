@@ -79,3 +79,17 @@ def test_the_check_catches_a_missing_row_a_wrong_default_and_a_stale_option():
         "docs/options.md: names --cnn-turbo, which options.py does not define",
         "docs/options.md: no row for --cnn-warmup",
     ]
+
+
+def test_readme_common_options_show_the_defaults_options_py_has():
+    wrong = []
+    for line in (REPO / "README.md").read_text().splitlines():
+        if not line.startswith("| `--"):
+            continue
+        name, default = [cell.strip() for cell in line.strip().strip("|").split("|", 2)][:2]
+        name = name.strip("`").removeprefix("--")
+        assert name in OPTIONS, f"README.md: --{name} is not an option"
+        wanted = expected_default(name)
+        if wanted is not None and default != wanted:
+            wrong.append(f"README.md: --{name}: default {default}, options.py says {wanted}")
+    assert wrong == []

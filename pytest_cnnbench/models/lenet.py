@@ -140,6 +140,7 @@ def build_lenet(ctx: ModelContext) -> BuiltModel:
     log = ctx.log
     log(f"cnnbench: training LeNet on {len(train_set)} MNIST images (seed {recipe.seed}, {recipe.epochs} epochs, "
         f"{recipe.threads} thread); cached afterwards")
+    progress.update(f"loading {len(train_set)} MNIST training images")
     x, y = train_set.load(preprocess)
     train(model, x, y, recipe, log)
     progress.update("LeNet test accuracy")

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import torch
 
+from . import progress
 from .cache import hash_parts
 
 SEED = 0
@@ -36,6 +37,7 @@ def pick(available: int, count: int, seed: int = SEED) -> torch.Tensor:
 def calibration_set(dataset: Any, preprocess: Callable[[Any], torch.Tensor], preprocess_id: str,
                     eval_images: torch.Tensor, count: int) -> CalibrationSet:
     """Up to ``count`` calibration images for ``dataset``, preprocessed like its evaluation images."""
+    progress.update(f"choosing up to {count} calibration images")
     source = getattr(dataset, "calibration_source", None)
     found = source(preprocess, count) if callable(source) else None
     if found is not None:

@@ -62,6 +62,9 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
                    "instead of passing them with a mark", None),
     "cnn-reprobe": ("probe thread counts and TorchScript variants again instead of using the choices remembered "
                     "in the cache for this machine (the new choices are remembered)", None),
+    "cnn-progress": ("progress of the long phases (training, export, calibration, accuracy, timing): auto (a live "
+                     "line on a terminal, plain lines otherwise, none under -q or on xdist workers), live, plain or off",
+                     "auto"),
 }
 FLAGS = {"cnn-no-download", "cnn-profile", "cnn-selfcheck", "cnn-require-accuracy", "cnn-strict", "cnn-reprobe"}
 MULTI = {"cnn-report"}  # may be given several times

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 from typing import Any, Optional
 
 import pytest
 
-from . import registry
+from . import progress, registry
 from .core import CellSpec, cnnbench_marker
 from .options import Settings, add_options, parse_settings
 from .session import CnnBenchSession
@@ -20,6 +21,7 @@ SETTINGS_KEY = pytest.StashKey[Settings]()
 JSON_UPDATER_KEY = pytest.StashKey[Any]()
 SESSION_KEY = pytest.StashKey[CnnBenchSession]()
 WORKBENCH_KEY = pytest.StashKey[Any]()
+PROGRESS_MODE_KEY = pytest.StashKey[str]()  # --cnn-progress, validated
 IDENTITY = pytest.StashKey[dict]()  # per item: the row identity recorded in user_properties
 FIXTURE_MODEL_ID = pytest.StashKey[str]()  # per item: param id of a user's cnn_model fixture
 NO_CELLS = "no-cells"  # parameter of tests whose cells the options filter out; deselected
@@ -61,13 +63,14 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     settings = parse_settings(config)
     config.stash[SETTINGS_KEY] = settings
+    config.stash[PROGRESS_MODE_KEY] = _progress_mode(config)
     workers = getattr(config.option, "numprocesses", None)
     if workers and not hasattr(config, "workerinput") and settings.device != "cuda":
         config.issue_config_time_warning(
             pytest.PytestWarning(
                 f"cnnbench: timing under pytest-xdist (-n {workers}) on the CPU is distorted: the workers compete "
                 "for the same cores, so latencies are inflated and noisy. Use -n 0 for figures you report; "
-                "with several GPUs, pin one worker per GPU (see README)."
+                "with several GPUs, pin one worker per GPU (see docs/gpu.md, \"Several GPUs with pytest-xdist\")."
             ),
             stacklevel=2,
         )
@@ -85,6 +88,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    progress.install(None)
     update_json = config.stash.get(JSON_UPDATER_KEY, None)
     if update_json is not None:
         from . import results
@@ -95,6 +99,52 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if session is not None:
         config.pluginmanager.unregister(session)
         del config.stash[SESSION_KEY]
+
+
+# -- progress of the long phases (progress.py) ---------------------------------------
+def _progress_mode(config: pytest.Config) -> str:
+    from .options import _choice, _raw
+
+    return _choice(_raw(config, "cnn-progress"), "cnn-progress", progress.MODES)
+
+
+def _progress_display(config: pytest.Config) -> Any:
+    """The display --cnn-progress asks for, or None: none under -q (unless asked for by name),
+    on xdist workers (the controller shows their reports, not their terminals) or without a terminal reporter."""
+    mode = config.stash.get(PROGRESS_MODE_KEY, "off")
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if mode == "off" or reporter is None or hasattr(config, "workerinput") or os.environ.get("PYTEST_XDIST_WORKER"):
+        return None
+    if mode == "auto":
+        if config.get_verbosity() < 0:
+            return None
+        mode = "live" if reporter.isatty() else "plain"
+    display = progress.LiveDisplay if mode == "live" else progress.PlainDisplay
+    return display(reporter, config.pluginmanager.get_plugin("capturemanager"))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Here, not in pytest_configure: the terminal reporter is registered by then.
+    progress.install(_progress_display(session.config))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if "cnn_cell" in getattr(item, "fixturenames", ()):
+        callspec = getattr(item, "callspec", None)
+        progress.start_cell(callspec.id if callspec is not None else item.name)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # Before the terminal reporter writes its letter or word: complete the live line first.
+    # A passed setup writes nothing, and the cell goes on into its call.
+    if report.when == "setup" and report.passed:
+        return
+    progress.end_cell()
+
+
+def pytest_runtest_logfinish() -> None:
+    progress.end_cell()
 
 
 # -- default hook implementations (override them from a conftest.py) -------------------
@@ -267,7 +317,8 @@ def _workbench(config: pytest.Config) -> Any:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
 
         def log(message: str) -> None:
-            if reporter is not None:
+            # Through progress when it shows a live line, so the message does not overwrite it.
+            if not progress.write_line(message) and reporter is not None:
                 reporter.write_line(message)
 
         bench = config.stash[WORKBENCH_KEY] = Workbench(config.stash[SETTINGS_KEY], log)

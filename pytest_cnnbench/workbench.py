@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from . import registry
+from . import progress, registry
 from .backends.base import PrepareContext, model_fingerprint
 from .cache import ArtifactCache, hash_parts
 from .core import BuiltModel, CellSpec, DatasetContext, ModelContext
@@ -143,6 +143,7 @@ class Workbench:
 
         def make() -> CellModel:
             started = time.perf_counter()
+            progress.update(f"building model {spec.model} ({self.settings.weights} weights)")
             ctx = ModelContext(
                 name=spec.model, weights=self.settings.weights, data_root=self.settings.data_root, cache=self.cache,
                 dataset=spec.dataset, input_shape=info.input_shape, num_classes=info.num_classes,
@@ -170,6 +171,7 @@ class Workbench:
         if built.calibrate is not None:
             # Before fingerprinting: caches must be keyed on the calibrated weights.
             _, images, _ = self.dataset(spec, built, info)
+            progress.update(f"calibrating model {info.name} on {spec.dataset}")
             built.calibrate(images)
             built.calibrate = None  # once: a fixture may hand the same object to several cells
             built.module.eval()
@@ -180,6 +182,7 @@ class Workbench:
         def make() -> tuple[Any, torch.Tensor, torch.Tensor]:
             ctx = DatasetContext(spec.dataset, self.settings.data_root, self.cache, info.input_shape,
                                  info.num_classes, self.settings.download, self.log)
+            progress.update(f"loading and preprocessing dataset {spec.dataset}")
             dataset = registry.datasets.create(spec.dataset, ctx)
             images, labels = dataset.load(built.preprocess)
             return dataset, images.contiguous(), labels
@@ -219,6 +222,7 @@ class Workbench:
             def build() -> torch.Tensor:
                 from .backends.eager import EagerBackend
 
+                progress.update("eager fp32 reference", 0, len(labels), "images")
                 prepared = EagerBackend().prepare(built.module, self.prepare_ctx(spec, device, model, "fp32"))
                 # Same shape check as every cell.
                 return evaluate(prepared.run, images, labels, accuracy_batch(images), model.info.num_classes).logits

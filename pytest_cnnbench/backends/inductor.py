@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from .. import progress
 from .base import PrepareContext, TorchPrepared, parameter_bytes
 
 _compiled_functions = itertools.count()
@@ -103,6 +104,7 @@ class InductorBackend:
         example = torch.randn(ctx.batch_size, *ctx.input_shape)
         hits_before = counters["inductor"]["fxgraph_cache_hit"]
         threads = ctx.threads or torch.get_num_threads()
+        progress.update(f"torch.compile (inductor, mode {ctx.inductor_mode}, batch {ctx.batch_size})")
         with config.patch(freezing=True, **{"cpp.threads": threads}), torch.inference_mode():
             compiled(example)  # compiles
             compiled(example)  # and runs the compiled code once

@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from .. import progress
 from ..cache import hash_parts
 from ..lazy import require
 from .base import PrepareContext
@@ -113,6 +114,7 @@ class OpenVinoBackend:
             "NUM_STREAMS": "1",
             "INFERENCE_NUM_THREADS": str(ctx.threads or torch.get_num_threads()),
         }
+        progress.update(f"OpenVINO compile_model (batch {ctx.batch_size})")
         compiled = _core().compile_model(model, "CPU", config)
         prepared = OpenVinoPrepared(compiled, ctx.batch_size, f"openvino CPU {ov.__version__.split('-')[0]}", size, cache_hit)
         if ctx.precision == "int8":
@@ -164,5 +166,6 @@ class OpenVinoBackend:
             overflow_fix=OverflowFix.FIRST_LAYER if has_vnni(cpu_flags()) else OverflowFix.ENABLE,
             activations_range_estimator_params=getattr(RangeEstimatorParametersSet, RANGE_ESTIMATORS[ctx.calibration_method]),
         )
+        progress.update(f"NNCF int8 calibration ({ctx.calibration_method}, {len(samples)} images) and quantize")
         nncf.set_log_level(40)  # errors only: NNCF reports progress bars and statistics otherwise
         return nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), advanced_parameters=advanced)

@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from .. import progress
 from ..cache import hash_parts
 from ..environment import physical_cores
 from ..lazy import require, unavailable
@@ -39,6 +40,7 @@ CPU_FP16_REASON = ("fp16 with ONNX Runtime's CPUExecutionProvider is not real on
 
 
 def export_onnx(module: torch.nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
+    progress.update("export to ONNX (torch.onnx)")
     example = torch.randn(2, *input_shape)  # 2, not 1: the exporter specializes size-1 dims
     batch = torch.export.Dim("batch", min=1, max=4096)
     # The exporter reports progress on stdout; keep it out of the test output.
@@ -243,6 +245,7 @@ class OrtBackend:
     def prepare(self, module: torch.nn.Module, ctx: PrepareContext) -> OrtPrepared:
         ort = require("onnxruntime", extra="cpu" if ctx.device == "cpu" else "gpu")
         path, cache_hit = self.artifact(module, ctx)
+        progress.update(f"ONNX Runtime session ({self.provider_for_device[ctx.device]})")
         try:
             session = ort.InferenceSession(str(path), sess_options=self.session_options(ort, ctx.threads), providers=self.providers(ctx))
         except Exception as exc:

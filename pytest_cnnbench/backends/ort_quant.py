@@ -37,6 +37,7 @@ from typing import Any, Iterator, Optional
 
 import torch
 
+from .. import progress
 from ..cache import hash_parts
 from .base import PrepareContext
 
@@ -158,7 +159,9 @@ def quantize_onnx(source: Path, target: Path, images: torch.Tensor, method: str,
         prepared = Path(folder) / "preprocessed.onnx"
         # ONNX shape inference is enough for CNNs with a dynamic batch axis (the symbolic one is for
         # sequence models and costs seconds on ResNet50).
+        progress.update("ONNX Runtime quant_pre_process")
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        progress.update(f"ONNX Runtime int8 calibration ({method}, {len(images)} images) and quantize_static")
         quantize_static(
             str(prepared), str(target), _reader(images, input_name),
             quant_format=QuantFormat.QDQ,

@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 
+from .. import progress
 from ..cache import hash_parts
 from ..timing import compare_interleaved
 from .base import PrepareContext, TorchPrepared, torch_dtype, torch_precision_reason
@@ -52,7 +53,7 @@ class TorchScriptBackend:
                 "torchscript", key, ".pt",
                 # A file that passes its checksum yet does not load (e.g. another torch build) is rebuilt.
                 lambda path: torch.jit.load(str(path), map_location=ctx.device),
-                lambda: self._build(module, ctx),
+                lambda: (progress.update("TorchScript trace and freeze"), self._build(module, ctx))[1],
                 lambda built, tmp: torch.jit.save(built, str(tmp)))
             scripted, variant = self._fastest(frozen, ctx)
             return TorchPrepared(scripted, ctx.device, ctx.precision, f"torchscript {variant} {ctx.device}",
@@ -68,6 +69,7 @@ class TorchScriptBackend:
         record = tuning.remembered_choice(ctx.cache, "torchscript-variant", parts, ctx.reprobe)
         if record is not None and record["choice"] == "frozen":
             return frozen, "frozen"
+        progress.update("TorchScript optimize_for_inference, then timing it against the frozen module")
         try:
             # optimize_for_inference rewrites the module it is given: optimize a copy.
             buffer = io.BytesIO()

@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 import torch
 
+from .. import progress
 from ..cache import hash_parts
 from ..environment import package_version
 from ..lazy import require, unavailable
@@ -104,6 +105,7 @@ class TrtBackend:
                 min_shape=(1, *ctx.input_shape), opt_shape=(ctx.batch_size, *ctx.input_shape),
                 max_shape=(max_batch, *ctx.input_shape), dtype=dtype,
             )
+            progress.update(f"TensorRT: torch.export and engine build (batch 1..{max_batch})")
             with export_mode:
                 program = export_dynamic_batch(model, ctx.input_shape, max_batch, "cuda", dtype, opt_batch=ctx.batch_size)
                 compiled = torch_tensorrt.dynamo.compile(program, arg_inputs=[profile], disable_tf32=True)
@@ -123,6 +125,7 @@ class TrtBackend:
 
     @staticmethod
     def _quantize_int8(model: torch.nn.Module, ctx: PrepareContext) -> torch.nn.Module:
+        progress.update("ModelOpt int8 calibration")
         import modelopt.torch.quantization as mtq
 
         if ctx.calibration is None:

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import progress
 from ..cache import hash_parts
 from ..core import BuiltModel, DatasetContext, ModelContext
 
@@ -88,8 +89,9 @@ def _train(model: LeNet, images: torch.Tensor, labels: torch.Tensor, recipe: Rec
     model.train()
     for epoch in range(recipe.epochs):
         order = torch.randperm(len(labels), generator=generator)
-        started, total_loss = time.perf_counter(), 0.0
-        for start in range(0, len(labels), recipe.batch_size):
+        started, total_loss, seen = time.perf_counter(), 0.0, 0
+        progress.update("training LeNet", 0, steps_per_epoch, f"batches of epoch {epoch + 1}/{recipe.epochs}")
+        for step, start in enumerate(range(0, len(labels), recipe.batch_size), 1):
             idx = order[start:start + recipe.batch_size]
             loss = F.cross_entropy(model(images[idx]), labels[idx])
             optimizer.zero_grad(set_to_none=True)
@@ -97,6 +99,9 @@ def _train(model: LeNet, images: torch.Tensor, labels: torch.Tensor, recipe: Rec
             optimizer.step()
             scheduler.step()
             total_loss += loss.item() * len(idx)
+            seen += len(idx)
+            progress.update(None, step, steps_per_epoch,
+                            f"batches of epoch {epoch + 1}/{recipe.epochs}, running loss {total_loss / seen:.4f}")
         log(f"cnnbench: LeNet epoch {epoch + 1}/{recipe.epochs}: loss {total_loss / len(labels):.4f} ({time.perf_counter() - started:.1f}s)")
     model.eval()
 
@@ -135,8 +140,10 @@ def build_lenet(ctx: ModelContext) -> BuiltModel:
         log(f"cnnbench: training LeNet on {len(train_set)} MNIST images (seed {recipe.seed}, {recipe.epochs} epochs, "
             f"{recipe.threads} thread); cached afterwards")
         trained = initial_model(ctx.num_classes, recipe.seed)
+        progress.update(f"loading {len(train_set)} MNIST training images")
         x, y = train_set.load(preprocess)
         train(trained, x, y, recipe, log)
+        progress.update("LeNet test accuracy")
         test_set = MnistDataset.from_context(dctx, split="test")
         tx, ty = test_set.load(preprocess)
         acc = accuracy(trained, tx, ty)

@@ -36,6 +36,7 @@ from urllib.parse import urlparse
 import torch
 import torch.nn as nn
 
+from .. import progress
 from ..core import BuiltModel, ModelContext
 
 RANDOM_SEED = 0
@@ -94,6 +95,7 @@ def load_pretrained(arch: str, weights: Any, download: bool, log: Any) -> tuple[
         return None, f"pretrained {weights} could not be had (not in the cache, downloads disabled); {where}"
     if not cached:
         log(f"cnnbench: {arch}: downloading {weights} to {path}")
+    progress.update(f"{'downloading' if not cached else 'loading'} pretrained {weights}")
     try:
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
             module = get_model(arch, weights=weights, **_pretrained_options(arch))
@@ -167,7 +169,8 @@ def calibrate_batchnorm(module: nn.Module, batches: list[torch.Tensor]) -> None:
             norm.momentum = None
             norm.train()
         with torch.no_grad():
-            for batch in batches:
+            for done, batch in enumerate(batches):
+                progress.update("calibrating BatchNorm statistics (random weights)", done, len(batches), "batches")
                 module(batch)
     finally:
         for norm, momentum in zip(norms, momenta):
@@ -183,6 +186,7 @@ def standardize_logits(head: nn.Linear, module: nn.Module, batches: list[torch.T
     has mean 0 and standard deviation 1 over the calibration images, so the image-specific
     part decides. The head stays an ordinary Linear layer: the architecture is unchanged.
     """
+    progress.update("standardizing the logits (random weights)", detail=f"{len(batches)} batches")
     with torch.no_grad():
         logits = torch.cat([module(batch) for batch in batches])
         if len(logits) < 2:  # nothing varies yet: centring would leave only rounding noise

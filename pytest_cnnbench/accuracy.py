@@ -7,6 +7,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from . import progress
+
 
 @dataclasses.dataclass
 class Accuracy:
@@ -28,6 +30,7 @@ def evaluate(run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, 
         if tuple(out.shape) != expected:
             raise RuntimeError(f"backend returned logits of shape {tuple(out.shape)} for {len(batch)} samples; expected {expected}")
         chunks.append(out.float())
+        progress.update(done=start + len(batch), total=len(images), detail="images")
         if on_batch is not None:
             on_batch(start + len(batch), len(images))
     logits = torch.cat(chunks)

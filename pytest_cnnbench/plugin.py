@@ -64,16 +64,6 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = parse_settings(config)
     config.stash[SETTINGS_KEY] = settings
     config.stash[PROGRESS_MODE_KEY] = _progress_mode(config)
-    workers = getattr(config.option, "numprocesses", None)
-    if workers and not hasattr(config, "workerinput") and settings.device != "cuda":
-        config.issue_config_time_warning(
-            pytest.PytestWarning(
-                f"cnnbench: timing under pytest-xdist (-n {workers}) on the CPU is distorted: the workers compete "
-                "for the same cores, so latencies are inflated and noisy. Use -n 0 for figures you report; "
-                "with several GPUs, pin one worker per GPU (see docs/gpu.md, \"Several GPUs with pytest-xdist\")."
-            ),
-            stacklevel=2,
-        )
     session = CnnBenchSession(config, settings)
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "cnnbench-session")

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Optional
 import pytest
 import torch
 
-from . import registry, threadchoice, worklock
+from . import progress, registry, threadchoice, worklock
 from . import results as R
 from .accuracy import Agreement, accuracy_from_logits, agreement, evaluate
 from .backends.base import PrepareContext, Prepared
@@ -299,6 +299,8 @@ class CellRunner:
         prepares the model again)."""
         from . import machine
 
+        beside = " beside eager" if REFERENCE in companions else ""
+        progress.update(f"timing (batch {self.spec.batch_size}{beside})")
         timing, load, disturbed = self._timed_once(prepared, batch, rules, companions)
         why = remeasure_reason(timing.stats, disturbed)
         remeasured = None
@@ -312,6 +314,7 @@ class CellRunner:
                 prepared = self._prepare_again(prepared, module, ctx, 1, result)
             else:
                 how = "for twice as long"
+            progress.update(f"timing again {how} ({why})")
             timing, load, disturbed = self._timed_once(prepared, batch, rules.longer(), companions)
             remeasured = {"how": how, "first": first}
             # "before" is before the cell's first measurement
@@ -426,6 +429,7 @@ class CellRunner:
                     options[threads] = (self.backend.prepare(module, ctx), time.perf_counter() - started)
             if len(candidates) > 1:
                 calls = {n: options[n][0].bind(batch) for n in candidates}
+                progress.update(f"choosing threads: {' or '.join(map(str, candidates))}")
                 with torch.inference_mode(), self.lock.exclusive():
                     comparison = threadchoice.probe(calls, torch.set_num_threads)
         except BaseException:
@@ -457,6 +461,7 @@ class CellRunner:
         from .stats import latency_stats
         from .timing import plan_timing
 
+        progress.update("timing on the device")
         rounds = plan_timing(call, rules).rounds
         wall, device = time_device_calls(call, rounds, events=bool(getattr(self.backend, "uses_torch_allocator", False)
                                                                    or self.spec.backend == "trt"))
@@ -476,6 +481,7 @@ class CellRunner:
                 # repeat this pass (``reference_cached`` in the result says so).
                 acc = accuracy_from_logits(reference, labels)
             else:
+                progress.update(f"accuracy pass ({spec.backend} {spec.precision}, every core)", 0, len(labels), "images")
                 acc = self._evaluate_on_all_cores(prepared, module, ctx, images, labels)
             bench.accuracy[acc_key] = acc
         result.set(samples=acc.samples, top1=acc.top1, top5=acc.top5)

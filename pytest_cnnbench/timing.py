@@ -29,6 +29,7 @@ import statistics
 import time
 from typing import Any, Callable, Optional
 
+from . import progress
 from .machine import pace_probe
 from .stats import LatencyStats, latency_stats, median_ci, paired_ratio, paired_speedup
 
@@ -157,6 +158,8 @@ class BlockSchedule:
         rewarm = 0
         in_block = i % self.plan.block_size
         if in_block == 0:
+            if i:  # between blocks: the pause and re-warming calls that follow absorb a terminal write
+                progress.update(done=i // self.plan.block_size, total=self.plan.blocks, detail="timed blocks")
             if i and self.plan.gap_s > 0:
                 spin(self.plan.gap_s * self.rng.uniform(*GAP_JITTER))
                 rewarm = self.plan.rewarm

@@ -170,10 +170,24 @@ class Workbench:
         built.module.eval()
         if built.calibrate is not None:
             # Before fingerprinting: caches must be keyed on the calibrated weights.
-            _, images, _ = self.dataset(spec, built, info)
-            progress.update(f"calibrating model {info.name} on {spec.dataset}")
-            built.calibrate(images)
+            dataset, images, _ = self.dataset(spec, built, info)
+            calibrate, module = built.calibrate, built.module
             built.calibrate = None  # once: a fixture may hand the same object to several cells
+            # The calibration is deterministic (seeded weights, the same images, one thread), so its
+            # result is cached like any artifact: keyed on the weights before it and the images.
+            key = hash_parts("calibrated", model_fingerprint(module), dataset.content_id, built.preprocess_id or "",
+                             torch.__version__)
+
+            def run_calibration() -> dict[str, torch.Tensor]:
+                progress.update(f"calibrating model {info.name} on {spec.dataset}")
+                calibrate(images)
+                return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+            state, _, hit = self.cache.load_or_build(
+                "calibrated", key, ".pt", lambda path: torch.load(path, map_location="cpu", weights_only=True),
+                run_calibration, lambda value, tmp: torch.save(value, tmp))
+            if hit:
+                module.load_state_dict(state)
             built.module.eval()
         return CellModel(built, model_fingerprint(built.module), info)
 

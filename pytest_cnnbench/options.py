@@ -58,8 +58,8 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
                           "max-autotune-no-cudagraphs or max-autotune", "default"),
     "cnn-min-time": ("the timed blocks of each cell span at least this many seconds (pauses between them; capped by "
                      "--cnn-max-time), so they sample the machine at different moments", "3.0"),
-    "cnn-strict": ("fail cells whose timing is unstable (stated spread above 10% even after measuring again) "
-                   "instead of passing them with a mark", None),
+    "cnn-strict": ("fail cells whose timing was disturbed (another process, stolen time, or calls "
+                   "spread beyond 10%, even after measuring again) instead of passing them with a mark", None),
     "cnn-reprobe": ("probe thread counts and TorchScript variants again instead of using the choices remembered "
                     "in the cache for this machine (the new choices are remembered)", None),
     "cnn-progress": ("progress of the long phases (training, export, calibration, accuracy, timing): auto (a live "

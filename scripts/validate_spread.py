@@ -1,11 +1,13 @@
 """Does the stated spread hold between sessions? Run the same cells in pairs of separate sessions.
 
 For each pair, every cell's two p50s must differ by at most the two stated spreads added
-(absolute: |p50_a - p50_b| <= ci_a * p50_a + ci_b * p50_b). Prints one row per pair and cell
+(absolute: |p50_a - p50_b| <= ci_a * p50_a + ci_b * p50_b), and so must every non-eager cell's
+two paired speedups (with the speedups' own intervals). Prints one row per pair and cell
 with the p50s, the stated spreads (and their within-session parts), the load each session
 saw, and pass/fail; exits 1 if any row fails.
 
     python scripts/validate_spread.py --data-root /work/shared/data --pairs 5
+    python scripts/validate_spread.py --suite suites/ --pairs 5 -- --cnn-model=lenet,alexnet
 
 By default the sessions use a fresh cache whose built artifacts (trained weights, ONNX files,
 TorchScript archives, reference logits) are copied from ``--seed-cache`` when given, but no
@@ -26,7 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-ARTIFACTS = ("weights", "onnx", "torchscript", "reference")
+ARTIFACTS = ("weights", "onnx", "torchscript", "reference", "calibrated")
 
 
 def run_session(args: argparse.Namespace, cache: Path, out: Path) -> tuple[dict, float]:
@@ -81,6 +83,7 @@ def main() -> int:
     header = (f"{'pair':>4}  {'cell':22} {'p50 A ms':>9} {'±ci A':>6} {'p50 B ms':>9} {'±ci B':>6} {'|A-B|':>6} "
               f"{'allowed':>7}  {'within-only':>11}  {'hist':>4}  {'load A':>9} {'load B':>9}  result")
     rows, failures = [], 0
+    speed_rows = []
     for pair in range(1, args.pairs + 1):
         sessions = []
         for side in "AB":
@@ -105,13 +108,29 @@ def main() -> int:
                         f"{diff / la['p50']:6.1%} {allowed / la['p50']:7.1%}  {'holds' if diff <= within else 'fails':>11}  "
                         f"{lb.get('sessions') or 0:>4}  {load_text(a[name]):>9} {load_text(b[name]):>9}  "
                         f"{'pass' if ok else 'FAIL'}{flag}")
+        for name in a:
+            sa, sb = (a[name].get("speedup") or {}), ((b.get(name) or {}).get("speedup") or {})
+            if not sa.get("paired") or not sb.get("paired") or not sa.get("value") or not sb.get("value"):
+                continue
+            diff = abs(sa["value"] - sb["value"])
+            allowed = sa["ci95_rel"] * sa["value"] + sb["ci95_rel"] * sb["value"]
+            ok = diff <= allowed
+            failures += not ok
+            speed_rows.append(f"{pair:>4}  {name:22} {sa['value']:9.4f} {sa['ci95_rel']:6.1%} {sb['value']:9.4f} "
+                              f"{sb['ci95_rel']:6.1%} {diff / sa['value']:6.1%} {allowed / sa['value']:7.1%}  "
+                              f"{'pass' if ok else 'FAIL'}")
     print()
     print(header)
     print("\n".join(rows))
     print(f"\n|A-B| and allowed (the two ±ci added) relative to p50 A; within-only: whether the within-session parts "
           f"alone would have covered the difference; hist: earlier sessions behind B's between-session term; "
           f"load: 1-minute load average before the cell / other processes' share of the CPUs.")
-    print(f"{len(rows) - failures} of {len(rows)} comparisons pass" + (f", {failures} FAIL" if failures else ""))
+    if speed_rows:
+        print(f"\n{'pair':>4}  {'cell':22} {'speedup A':>9} {'±ci A':>6} {'speedup B':>9} {'±ci B':>6} {'|A-B|':>6} "
+              f"{'allowed':>7}  result")
+        print("\n".join(speed_rows))
+    total = len(rows) + len(speed_rows)
+    print(f"{total - failures} of {total} comparisons pass" + (f", {failures} FAIL" if failures else ""))
     return 1 if failures else 0
 
 

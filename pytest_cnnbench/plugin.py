@@ -259,7 +259,10 @@ def is_user_error(exc: BaseException) -> bool:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     report = yield
     if call.excinfo is not None and report.failed and is_user_error(call.excinfo.value):
-        report.longrepr = call.excinfo.getrepr(style="value", chain=False)
+        longrepr = call.excinfo.getrepr(style="value", chain=False)
+        if getattr(longrepr, "reprcrash", None) is not None:  # the summary line and the table's reason: no class name
+            longrepr.reprcrash.message = str(call.excinfo.value)
+        report.longrepr = longrepr
     return report
 
 

@@ -189,21 +189,30 @@ def bad_folder(root: Path) -> tuple[Path, dict[str, Path]]:
     return root, bad
 
 
+def error_section(out: str) -> str:
+    """The ERRORS section of a pytest run's output, without captured output and the cnnbench table."""
+    start = out.index("= ERRORS =")
+    ends = [i for i in (out.find(mark, start) for mark in ("- Captured", "= cnnbench results", "short test summary")) if i > 0]
+    return out[start:min(ends)]
+
+
 def test_a_bad_folder_is_one_error_naming_every_bad_file_without_a_traceback(pytester, tmp_path):
     root, bad = bad_folder(tmp_path / "data")
     pytester.makepyfile(test_imagenet_models=SUITE.read_text())
     args = ("--cnn-model=alexnet", "--cnn-backend=eager", "--cnn-weights=random", f"--cnn-data-root={root}",
             f"--cnn-cache-dir={tmp_path / 'cache'}", *FAST)
-    result = pytester.runpytest_subprocess(*args)
+    result = pytester.runpytest_subprocess(*args, f"--cnn-json={tmp_path / 'bad.json'}")
     result.assert_outcomes(errors=1)
     out = result.stdout.str()
     assert "3 of 9 images cannot be used; fix or remove them (and their labels), or run with --cnn-skip-bad-images" in out
     assert f"labels.csv, line 4: image {bad['missing'].resolve()} does not exist" in out
-    assert f"{bad['truncated'].resolve()}: cannot decode image (OSError: image file is truncated" in out
+    assert f"{bad['truncated'].resolve()}: cannot decode image (OSError: " in out
     assert f"{bad['text'].resolve()}: cannot decode image (UnidentifiedImageError" in out
-    section = out[out.index("= ERRORS ="):out.index("short test summary")]
+    section = error_section(out)
     assert not [word for word in INTERNALS if word in section], section
     assert len(section.splitlines()) < 12, section
+    (row,) = json.loads((tmp_path / "bad.json").read_text())["results"]
+    assert row["status"] == "error" and "imagenet-sample: 3 of 9 images cannot be used" in row["reason"]
 
     # With --cnn-skip-bad-images the three are left out, counted and warned about; the rest is evaluated.
     out_json = tmp_path / "out.json"
@@ -234,5 +243,5 @@ def test_mine(cnnbench):
     result.assert_outcomes(errors=1)
     out = result.stdout.str()
     assert "returned str, not a torch.nn.Module or a pytest_cnnbench.BuiltModel" in out
-    section = out[out.index("= ERRORS ="):out.index("short test summary")]
+    section = error_section(out)
     assert not [word for word in INTERNALS if word in section], section

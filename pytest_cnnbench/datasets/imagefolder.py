@@ -261,7 +261,8 @@ class ImageFolderDataset:
             raise DatasetError(f"the imagenet dataset has {NUM_CLASSES} classes but the model predicts {ctx.num_classes}")
         folder, layout = locate(ctx.data_root)
         dataset = cls(folder, layout, skip_bad_images=ctx.skip_bad_images, log=ctx.log)
-        ctx.log(f"cnnbench: imagenet: {len(dataset)} images from {folder} ({layout})")
+        missing = f" (and {len(dataset.missing)} listed but missing)" if dataset.missing else ""
+        ctx.log(f"cnnbench: imagenet: {len(dataset)} images{missing} from {folder} ({layout})")
         return dataset
 
     def __len__(self) -> int:

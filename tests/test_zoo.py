@@ -125,6 +125,31 @@ def test_bad_zoo_names_are_one_usage_error_before_anything_is_built(pytester):
     assert "Traceback" not in err and "cnnbench:" not in result.stdout.str()
 
 
+def test_zoo_names_join_imagenet_tests_only_and_markers_may_list_them(pytester):
+    pytester.makepyfile(test_imagenet_models=SUITE.read_text(), test_lenet="""
+import pytest
+
+@pytest.mark.cnnbench(models=["lenet"])
+def test_lenet(cnnbench):
+    pass
+""", test_marked="""
+import pytest
+
+@pytest.mark.cnnbench(models=["torchvision:squeezenet1_0"])
+def test_marked(cnnbench):
+    pass
+""")
+    named = pytester.runpytest_subprocess("--cnn-model=torchvision:mobilenet_v3_small", "--cnn-backend=eager",
+                                          "--collect-only", "-q", *FAST)
+    ids = [line for line in named.stdout.lines if "::" in line]
+    # Named on the command line: runs in the ImageNet suite (not the LeNet test, nor a marker naming another model).
+    assert ids == ["test_imagenet_models.py::test_imagenet_model[torchvision:mobilenet_v3_small-eager-bs1]"], ids
+    default = pytester.runpytest_subprocess("--cnn-backend=eager", "--collect-only", "-q", *FAST)
+    ids = [line for line in default.stdout.lines if "::" in line]
+    assert "test_marked.py::test_marked[torchvision:squeezenet1_0-eager-bs1]" in ids
+    assert not [i for i in ids if "test_imagenet_model[torchvision" in i]  # the suite's default set stays its own
+
+
 def test_timm_names_without_timm_are_a_usage_error_with_the_install_command(pytester):
     # timm made unimportable in the run's process, as if it were not installed.
     pytester.makeconftest("import sys\nsys.modules['timm'] = None\n")

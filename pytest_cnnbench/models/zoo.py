@@ -133,9 +133,9 @@ def expand(item: str) -> list[str]:
 def entry(name: str) -> ZooEntry:
     """The zoo model's metadata (no model is built): dataset, input shape, classes, preprocessing summary."""
     zoo, arch = split(name)
-    (full,) = expand(name) if not any(c in arch for c in "*?[") else (None,)
-    if full is None:
+    if any(c in arch for c in "*?["):
         raise ZooNameError(f"{name!r}: a wildcard, not one model")
+    expand(name)  # a ZooNameError for a bad name
     if zoo == "torchvision":
         from .torchvision_models import default_weights
 
@@ -272,9 +272,10 @@ def _reachable(url: str, timeout: float = 5.0) -> Optional[str]:
 
 def _timm_cached(cfg: Any) -> tuple[bool, str]:
     """Whether timm's pretrained weights are in the local caches, and where they were looked for."""
-    import torch
+    import os
+    from urllib.parse import urlparse
 
-    from .torchvision_models import checkpoint_path
+    import torch
 
     places = []
     if cfg.hf_hub_id:
@@ -286,7 +287,7 @@ def _timm_cached(cfg: Any) -> tuple[bool, str]:
                 return True, ""
         places.append(f"{cfg.hf_hub_id} in the Hugging Face cache {HF_HUB_CACHE}")
     if cfg.url:
-        path = checkpoint_path(type("W", (), {"url": cfg.url})())
+        path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path)  # as timm keeps it
         if path.is_file():
             return True, ""
         places.append(f"{path} (torch.hub's cache, {Path(torch.hub.get_dir())})")

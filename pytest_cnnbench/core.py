@@ -111,6 +111,7 @@ class DatasetContext:
     num_classes: int
     download: bool = True
     log: Callable[[str], None] = print
+    skip_bad_images: bool = False  # leave out images that are missing or do not decode (counted, warned)
 
 
 class ImageDataset(Protocol):

@@ -12,6 +12,7 @@ _HINTS = {
     "gpu": "pip install 'pytest-cnnbench[gpu]'",
     "plot": "pip install 'pytest-cnnbench[plot]'",
     "openvino": "pip install 'pytest-cnnbench[openvino]'",
+    "timm": "pip install 'pytest-cnnbench[timm]'",
 }
 
 # Installed packages whose import failed with something other than ImportError, by module: a

@@ -16,12 +16,14 @@ import pytest
 from . import registry
 from .cache import default_cache_dir
 from .core import DEVICES, PRECISIONS
+from .models import zoo
 from .thresholds import parse_min_top1
 
 # name -> (help, default); the ini name is the option name with "-" -> "_".
 OPTIONS: dict[str, tuple[str, Optional[str]]] = {
     "cnn-backend": ("backends to run: comma list or 'all'", "all"),
-    "cnn-model": ("models to run: comma list or 'all' (registered names, or param ids of a cnn_model fixture)", "all"),
+    "cnn-model": ("models to run: comma list or 'all' (registered names, param ids of a cnn_model fixture, or any "
+                  "ImageNet classifier as torchvision:NAME or timm:NAME, shell wildcards allowed)", "all"),
     "cnn-dataset": ("evaluate on this dataset instead of each model's default (e.g. synthetic)", None),
     "cnn-device": ("device: cpu, cuda or auto (cuda when available)", "auto"),
     "cnn-precision": ("precisions: comma list of fp32, fp16, int8", "fp32"),
@@ -60,13 +62,16 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
                      "--cnn-max-time), so they sample the machine at different moments", "3.0"),
     "cnn-strict": ("fail cells whose timing was disturbed (another process, stolen time, or calls "
                    "spread beyond 10%, even after measuring again) instead of passing them with a mark", None),
+    "cnn-skip-bad-images": ("leave out images of an ImageNet-style folder that are missing or do not decode, with a "
+                            "count and a warning, instead of failing the dataset with a list of them", None),
     "cnn-reprobe": ("probe thread counts and TorchScript variants again instead of using the choices remembered "
                     "in the cache for this machine (the new choices are remembered)", None),
     "cnn-progress": ("progress of the long phases (training, export, calibration, accuracy, timing): auto (a live "
                      "line on a terminal, plain lines otherwise, none under -q or on xdist workers), live, plain or off",
                      "auto"),
 }
-FLAGS = {"cnn-no-download", "cnn-profile", "cnn-selfcheck", "cnn-require-accuracy", "cnn-strict", "cnn-reprobe"}
+FLAGS = {"cnn-no-download", "cnn-profile", "cnn-selfcheck", "cnn-require-accuracy", "cnn-strict", "cnn-reprobe",
+         "cnn-skip-bad-images"}
 MULTI = {"cnn-report"}  # may be given several times
 
 
@@ -113,10 +118,24 @@ def _model_names(value: str) -> Optional[tuple[str, ...]]:
         raise pytest.UsageError(f"--cnn-model: empty value; valid: all, {', '.join(registry.models.names())}")
     if items == ["all"]:
         return None
+    names: list[str] = []
+    bad: list[str] = []
     for item in items:
+        if zoo.is_zoo_name(item):  # torchvision:<name> or timm:<name>, wildcards expanded
+            try:
+                names += zoo.expand(item)
+            except zoo.ZooNameError as exc:
+                bad.append(str(exc))
+            continue
         if not item.replace("_", "").replace("-", "").replace(".", "").isalnum():
-            raise pytest.UsageError(f"--cnn-model: {item!r} is not a model name; valid: all, {', '.join(registry.models.names())}")
-    return tuple(dict.fromkeys(items))
+            bad.append(f"{item!r} is not a model name; valid: all, {', '.join(registry.models.names())}, "
+                       f"torchvision:<name>, timm:<name>")
+            continue
+        names.append(item)
+    if bad:
+        raise pytest.UsageError("--cnn-model: " + "; ".join(bad) if len(bad) == 1 else
+                                "--cnn-model:\n    " + "\n    ".join(bad))
+    return tuple(dict.fromkeys(names))
 
 
 def _positive_ints(value: str, option: str) -> tuple[int, ...]:
@@ -206,6 +225,7 @@ class Settings:
     min_time: float = 3.0  # the timed blocks span at least this long (capped by max_time)
     strict: bool = False  # unstable cells fail
     reprobe: bool = False  # ignore remembered thread counts and TorchScript variants
+    skip_bad_images: bool = False  # leave out missing/undecodable images (counted, warned) instead of failing
 
 
 def _check_writable(path: Path, option: str) -> None:
@@ -272,67 +292,120 @@ def _compare(config: pytest.Config) -> tuple[Optional[Path], tuple[Any, ...]]:
     return path, rules
 
 
-def parse_settings(config: pytest.Config) -> Settings:
-    data_root_raw = _raw(config, "cnn-data-root") or os.environ.get("CNNBENCH_DATA_ROOT")
-    data_root = None
-    if data_root_raw:
-        data_root = Path(data_root_raw).expanduser()
-        if not data_root.is_dir():
-            raise pytest.UsageError(f"--cnn-data-root: folder {data_root} does not exist")
-    cache_raw = _raw(config, "cnn-cache-dir")
-    json_raw = _raw(config, "cnn-json")
-    json_path = Path(json_raw).expanduser() if json_raw else None
+class _Problems:
+    """Collects every bad option value, so one usage error names them all (not only the first)."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def check(self, check: Any, *args: Any, default: Any = None) -> Any:
+        try:
+            return check(*args)
+        except pytest.UsageError as exc:
+            self.messages.append(str(exc))
+            return default
+
+    def raise_any(self) -> None:
+        if len(self.messages) == 1:
+            raise pytest.UsageError(self.messages[0])
+        if self.messages:
+            raise pytest.UsageError(f"{len(self.messages)} bad cnnbench options:\n  " + "\n  ".join(self.messages))
+
+
+def _data_root(config: pytest.Config) -> Optional[Path]:
+    raw = _raw(config, "cnn-data-root") or os.environ.get("CNNBENCH_DATA_ROOT")
+    if not raw:
+        return None
+    data_root = Path(raw).expanduser()
+    if not data_root.is_dir():
+        raise pytest.UsageError(f"--cnn-data-root: folder {data_root} does not exist")
+    return data_root
+
+
+def _json_path(config: pytest.Config) -> Optional[Path]:
+    raw = _raw(config, "cnn-json")
+    json_path = Path(raw).expanduser() if raw else None
     if json_path is not None:
         _check_writable(json_path, "cnn-json")
-    device = str(_raw(config, "cnn-device")).strip()
-    if device not in DEVICES:
-        raise pytest.UsageError(f"--cnn-device: unknown {device!r}; valid: {', '.join(DEVICES)}")
+    return json_path
+
+
+def _dataset(config: pytest.Config) -> Optional[str]:
     dataset = _raw(config, "cnn-dataset")
-    if dataset:
-        dataset = str(dataset).strip()
-        if dataset not in registry.datasets:
-            raise pytest.UsageError(f"--cnn-dataset: unknown {dataset!r}; give one of {', '.join(registry.datasets.names())}")
+    if not dataset:
+        return None
+    dataset = str(dataset).strip()
+    if dataset not in registry.datasets:
+        raise pytest.UsageError(f"--cnn-dataset: unknown {dataset!r}; give one of {', '.join(registry.datasets.names())}")
+    return dataset
+
+
+def _weights(config: pytest.Config) -> str:
     weights = str(_raw(config, "cnn-weights")).strip()
     if weights not in ("pretrained", "random") and not Path(weights).expanduser().is_file():
         raise pytest.UsageError(f"--cnn-weights: {weights!r} is neither 'pretrained', 'random' nor an existing state dict file")
-    compare_path, compare_rules = _compare(config)
+    return weights
+
+
+def _min_top1(config: pytest.Config, model_names: Optional[tuple[str, ...]]) -> dict[str, float]:
+    zoo_names = [m for m in model_names or () if zoo.is_zoo_name(m)]
     try:
-        min_top1 = parse_min_top1(_raw(config, "cnn-min-top1"), registry.models.names())
+        return parse_min_top1(_raw(config, "cnn-min-top1"), [*registry.models.names(), *zoo_names])
     except ValueError as exc:
         raise pytest.UsageError(f"--cnn-min-top1: {exc}") from None
+
+
+def parse_settings(config: pytest.Config) -> Settings:
+    """The options as Settings; every bad value at once in one ``pytest.UsageError``."""
+    problems = _Problems()
+    check = problems.check
+    data_root = check(_data_root, config)
+    cache_raw = _raw(config, "cnn-cache-dir")
+    json_path = check(_json_path, config)
+    device = check(_choice, _raw(config, "cnn-device"), "cnn-device", DEVICES, default="auto")
+    dataset = check(_dataset, config)
+    weights = check(_weights, config, default="pretrained")
+    compare_path, compare_rules = check(_compare, config, default=(None, ()))
     no_download = bool(_raw(config, "cnn-no-download")) or os.environ.get("CNNBENCH_NO_DOWNLOAD", "") not in ("", "0")
-    model_names = _model_names(_raw(config, "cnn-model"))
-    return Settings(
-        backends=_names(_raw(config, "cnn-backend"), "cnn-backend", registry.backends.names()),
-        models=tuple(m for m in registry.models.names() if model_names is None or m in model_names),
+    model_names = check(_model_names, _raw(config, "cnn-model"))
+    min_top1 = check(_min_top1, config, model_names, default={})
+    zoo_models = tuple(m for m in model_names or () if zoo.is_zoo_name(m))
+    settings = dict(
+        backends=check(_names, _raw(config, "cnn-backend"), "cnn-backend", registry.backends.names(), default=()),
+        models=tuple(m for m in registry.models.names() if model_names is None or m in model_names) + zoo_models,
         model_names=model_names,
         selfcheck=bool(_raw(config, "cnn-selfcheck")),
         require_accuracy=bool(_raw(config, "cnn-require-accuracy")),
         dataset=dataset or None,
         device=device,
-        precisions=_names(_raw(config, "cnn-precision"), "cnn-precision", list(PRECISIONS)),
-        batch_sizes=_positive_ints(_raw(config, "cnn-batch-size"), "cnn-batch-size"),
+        precisions=check(_names, _raw(config, "cnn-precision"), "cnn-precision", list(PRECISIONS), default=()),
+        batch_sizes=check(_positive_ints, _raw(config, "cnn-batch-size"), "cnn-batch-size", default=()),
         weights=weights,
         data_root=data_root,
         cache_dir=Path(cache_raw).expanduser() if cache_raw else default_cache_dir(),
         json_path=json_path,
-        warmup=_positive_number(_raw(config, "cnn-warmup"), "cnn-warmup", int),
-        min_rounds=max(1, _positive_number(_raw(config, "cnn-min-rounds"), "cnn-min-rounds", int)),
-        max_rounds=max(1, _positive_number(_raw(config, "cnn-max-rounds"), "cnn-max-rounds", int)),
-        max_time=_positive_number(_raw(config, "cnn-max-time"), "cnn-max-time", float),
-        target_ci=_positive_number(_raw(config, "cnn-target-ci"), "cnn-target-ci", float),
-        threads=_threads(_raw(config, "cnn-threads")),
+        warmup=check(_positive_number, _raw(config, "cnn-warmup"), "cnn-warmup", int, default=0),
+        min_rounds=max(1, check(_positive_number, _raw(config, "cnn-min-rounds"), "cnn-min-rounds", int, default=1)),
+        max_rounds=max(1, check(_positive_number, _raw(config, "cnn-max-rounds"), "cnn-max-rounds", int, default=1)),
+        max_time=check(_positive_number, _raw(config, "cnn-max-time"), "cnn-max-time", float, default=1.0),
+        target_ci=check(_positive_number, _raw(config, "cnn-target-ci"), "cnn-target-ci", float, default=1.0),
+        threads=check(_threads, _raw(config, "cnn-threads")),
         profile=bool(_raw(config, "cnn-profile")),
         download=not no_download,
-        reports=_report_paths(config),
-        plot_path=_plot_path(config),
+        reports=check(_report_paths, config, default=()),
+        plot_path=check(_plot_path, config),
         compare_path=compare_path,
         compare_rules=compare_rules,
         min_top1=tuple(min_top1.items()),
-        calibration_method=_choice(_raw(config, "cnn-calibration"), "cnn-calibration", CALIBRATION_METHODS),
-        calibration_images=_count(_raw(config, "cnn-calibration-images"), "cnn-calibration-images"),
-        inductor_mode=_choice(_raw(config, "cnn-inductor-mode"), "cnn-inductor-mode", INDUCTOR_MODES),
-        min_time=_positive_number(_raw(config, "cnn-min-time"), "cnn-min-time", float),
+        calibration_method=check(_choice, _raw(config, "cnn-calibration"), "cnn-calibration", CALIBRATION_METHODS,
+                                 default="minmax"),
+        calibration_images=check(_count, _raw(config, "cnn-calibration-images"), "cnn-calibration-images", default=1),
+        inductor_mode=check(_choice, _raw(config, "cnn-inductor-mode"), "cnn-inductor-mode", INDUCTOR_MODES,
+                            default="default"),
+        min_time=check(_positive_number, _raw(config, "cnn-min-time"), "cnn-min-time", float, default=1.0),
         strict=bool(_raw(config, "cnn-strict")),
         reprobe=bool(_raw(config, "cnn-reprobe")),
+        skip_bad_images=bool(_raw(config, "cnn-skip-bad-images")),
     )
+    problems.raise_any()
+    return Settings(**settings)

@@ -6,6 +6,7 @@ Importing this module must stay cheap: no torch, ONNX Runtime or TensorRT here.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import itertools
 import os
 from typing import Any, Optional
@@ -14,6 +15,8 @@ import pytest
 
 from . import progress, registry
 from .core import CellSpec, cnnbench_marker
+from .datasets.errors import DatasetError
+from .models import zoo
 from .options import Settings, add_options, parse_settings
 from .session import CnnBenchSession
 
@@ -177,22 +180,41 @@ def cells_for(settings: Settings, marker: dict[str, Any], model_fixture: Optiona
 
     With ``model_fixture`` (a user's ``cnn_model`` fixture feeds the test), the models are that
     fixture's params, so the cells span backends, precisions and batch sizes only."""
-    for kind, names in (("model", marker.get("models")), ("backend", marker.get("backends"))):
-        reg = registry.models if kind == "model" else registry.backends
-        for name in _as_tuple(names):
-            reg.get(name)  # unknown names in a marker are errors too
+    for name in _as_tuple(marker.get("models")):
+        if zoo.is_zoo_name(name):
+            try:
+                zoo.expand(name)
+            except zoo.ZooNameError as exc:
+                raise registry.UnknownNameError(str(exc)) from None
+        else:
+            registry.models.get(name)  # unknown names in a marker are errors too
+    for name in _as_tuple(marker.get("backends")):
+        registry.backends.get(name)
     backends = [b for b in settings.backends if not marker.get("backends") or b in _as_tuple(marker["backends"])]
     batch_sizes = _as_tuple(marker.get("batch_sizes")) or settings.batch_sizes
     if model_fixture is not None:
         dataset = settings.dataset or marker.get("dataset") or ""  # none: the cell says so when it runs
         return [CellSpec("", backend, int(batch_size), dataset, settings.device, precision, model_fixture)
                 for precision, batch_size, backend in itertools.product(settings.precisions, batch_sizes, backends)]
-    models = [m for m in settings.models if not marker.get("models") or m in _as_tuple(marker["models"])]
+    models = _marker_models(settings, _as_tuple(marker.get("models")))
     cells = []
     for model, precision, batch_size, backend in itertools.product(models, settings.precisions, batch_sizes, backends):
-        dataset = settings.dataset or marker.get("dataset") or registry.models.get(model).meta["dataset"]
+        dataset = settings.dataset or marker.get("dataset") or zoo.model_entry(model).meta["dataset"]
         cells.append(CellSpec(model, backend, int(batch_size), dataset, settings.device, precision))
     return cells
+
+
+def _marker_models(settings: Settings, marked: tuple) -> list[str]:
+    """The models of a test: the selected ones its marker lists (the default set), plus zoo models
+    (torchvision:NAME, timm:NAME) named on the command line when the marker's models are evaluated on
+    the same dataset (so the ImageNet suite runs any ImageNet classifier named with --cnn-model)."""
+    if not marked:
+        return list(settings.models)
+    datasets = {zoo.model_entry(m).meta["dataset"] for m in marked if not zoo.is_zoo_name(m)}
+    models = [m for m in settings.models if m in marked or (zoo.is_zoo_name(m) and zoo.DATASET in datasets)]
+    if settings.model_names is None:  # --cnn-model=all: the zoo models a marker lists run too
+        models += [name for m in marked if zoo.is_zoo_name(m) for name in zoo.expand(m) if name not in models]
+    return models
 
 
 def _user_model_fixture(fixturedefs: Any, rootpath: Any) -> Optional[tuple[Any, str]]:
@@ -289,13 +311,39 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 continue
         keep.append(item)
     if settings.model_names is not None and not unnamed_fixture_models:
-        unknown = [m for m in settings.model_names if m not in registry.models and m not in fixture_models]
+        unknown = [m for m in settings.model_names
+                   if m not in registry.models and m not in fixture_models and not zoo.is_zoo_name(m)]
         if unknown:
             valid = ["all", *registry.models.names(), *sorted(m for m in fixture_models if m)]
-            raise pytest.UsageError(f"--cnn-model: unknown {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}")
+            close = sorted({c for m in unknown for c in difflib.get_close_matches(m, valid, n=3, cutoff=0.6)})
+            hint = f" (close: {', '.join(close)})" if close else ""
+            raise pytest.UsageError(f"--cnn-model: unknown {', '.join(map(repr, unknown))}{hint}; valid: {', '.join(valid)}, "
+                                    "torchvision:<name>, timm:<name>")
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
+
+
+# -- errors in what the user gave --------------------------------------------------------
+# Bad files of a dataset, a cnn_model fixture that returned something unusable, a zoo name: the
+# message says what to fix, and the harness's own traceback (plugin, workbench, registry) would
+# only bury it. Their reports show the message alone, as pytest.fail(..., pytrace=False) does.
+USER_ERRORS = {("pytest_cnnbench.runner", "FixtureModelError")}  # runner imports torch: matched by name
+
+
+def is_user_error(exc: BaseException) -> bool:
+    return isinstance(exc, (DatasetError, zoo.ZooNameError)) or (type(exc).__module__, type(exc).__name__) in USER_ERRORS
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    report = yield
+    if call.excinfo is not None and report.failed and is_user_error(call.excinfo.value):
+        longrepr = call.excinfo.getrepr(style="value", chain=False)
+        if getattr(longrepr, "reprcrash", None) is not None:  # the summary line and the table's reason: no class name
+            longrepr.reprcrash.message = str(call.excinfo.value)
+        report.longrepr = longrepr
+    return report
 
 
 # -- fixtures ---------------------------------------------------------------------------

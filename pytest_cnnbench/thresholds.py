@@ -1,8 +1,8 @@
 """Top-1 accuracy floors for ImageNet classifiers, and the ``cnn_min_top1`` option's syntax.
 
 - On the full ILSVRC-2012 validation set (dataset ``imagenet`` with 50,000 images), with
-  torchvision's pretrained weights: 99% of the published top-1 of those weights (MLPerf's
-  rule for closed-division accuracy).
+  torchvision's (or timm's) pretrained weights: 99% of the published top-1 of those weights
+  (MLPerf's rule for closed-division accuracy), from the library's own metadata for zoo models.
 - Anywhere else (the 1000-image sample, a user's own photos, a state dict from
   ``--cnn-weights``): published figures do not apply, so the floor is what the user sets:
   ``cnn_min_top1`` (ini, or ``--cnn-min-top1``) first, then the suite's own table; a model
@@ -37,7 +37,7 @@ def parse_min_top1(text: Optional[str], models: Optional[list[str]] = None) -> d
         item = item.strip()
         if not item:
             continue
-        model, sep, value = item.partition(":")
+        model, sep, value = item.rpartition(":")  # zoo names hold a colon: torchvision:resnet18:0.6
         try:
             number = float(value) if sep and model.strip() else -1.0
         except ValueError:
@@ -48,6 +48,18 @@ def parse_min_top1(text: Optional[str], models: Optional[list[str]] = None) -> d
             raise ValueError(f"unknown model {model.strip()!r} in {item!r}; valid: {', '.join(models)}")
         floors[model.strip()] = number
     return floors
+
+
+def published_top1(weights_id: Optional[str]) -> Optional[float]:
+    """The published top-1 of these weights: the table above, else the library's own metadata
+    (torchvision's weights meta, timm's results table; see models/zoo.py), else None."""
+    if not weights_id:
+        return None
+    if weights_id in PUBLISHED_TOP1:
+        return PUBLISHED_TOP1[weights_id]
+    from .models.zoo import published_top1 as from_library
+
+    return from_library(weights_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +73,8 @@ def top1_floor(model: str, result: Mapping[str, Any], user: Mapping[str, float],
     """The top-1 floor for one cell's ``result`` (its dataset, sample count and weights)."""
     weights_id = result.get("weights_id")
     full_validation = (result.get("dataset"), result.get("samples")) == FULL_VALIDATION
-    if full_validation and result.get("weights") == "pretrained" and weights_id in PUBLISHED_TOP1:
-        published = PUBLISHED_TOP1[weights_id]
+    published = published_top1(weights_id) if full_validation and result.get("weights") == "pretrained" else None
+    if published is not None:
         return Floor(MLPERF_FRACTION * published,
                      f"{MLPERF_FRACTION:.0%} of the published {100 * published:.3f}% of {weights_id} on the full validation set")
     if model in user:

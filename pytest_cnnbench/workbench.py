@@ -21,6 +21,8 @@ from .backends.base import PrepareContext, model_fingerprint
 from .cache import ArtifactCache, hash_parts
 from .core import BuiltModel, CellSpec, DatasetContext, ModelContext
 from .accuracy import evaluate
+from .datasets.errors import DatasetError
+from .models import zoo
 from .options import Settings
 
 ACCURACY_BATCH = 250  # large batches for the accuracy pass: it is not the timed part...
@@ -108,6 +110,7 @@ class Workbench:
         self.calibrations = _Lru(2)  # (dataset, preprocess, count) -> CalibrationSet, for int8 cells
         self.references: dict[tuple, torch.Tensor] = {}  # eager logits, for agreement and relative accuracy
         self.references_from_disk: set[tuple] = set()
+        self.dataset_errors: dict[tuple, Exception] = {}  # datasets with bad files, by the key of self.datasets
         self.accuracy: dict[tuple, Any] = {}  # one accuracy pass per prepared artifact, shared by batch sizes
         # Thread counts chosen by probing, per (model, backend, batch size, precision): a cell that
         # runs again in this session (another test, a repeat) measures the same configuration.
@@ -138,7 +141,7 @@ class Workbench:
     # -- models -----------------------------------------------------------------------
     def registered_model(self, spec: CellSpec) -> CellModel:
         """The registry's model for ``spec`` (built once per process while it is the latest)."""
-        entry = registry.models.get(spec.model)
+        entry = zoo.model_entry(spec.model)  # torchvision:NAME / timm:NAME, else the registry's
         info = ModelInfo(spec.model, tuple(entry.meta["input_shape"]), int(entry.meta["num_classes"]))
 
         def make() -> CellModel:
@@ -195,14 +198,21 @@ class Workbench:
     def dataset(self, spec: CellSpec, built: BuiltModel, info: ModelInfo) -> tuple[Any, torch.Tensor, torch.Tensor]:
         def make() -> tuple[Any, torch.Tensor, torch.Tensor]:
             ctx = DatasetContext(spec.dataset, self.settings.data_root, self.cache, info.input_shape,
-                                 info.num_classes, self.settings.download, self.log)
+                                 info.num_classes, self.settings.download, self.log,
+                                 skip_bad_images=self.settings.skip_bad_images)
             progress.update(f"loading and preprocessing dataset {spec.dataset}")
             dataset = registry.datasets.create(spec.dataset, ctx)
             images, labels = dataset.load(built.preprocess)
             return dataset, images.contiguous(), labels
 
         key = (spec.dataset, info.input_shape, info.num_classes, built.preprocess_id or id(built.preprocess))
-        return self.datasets.get_or_make(key, make)
+        if key in self.dataset_errors:  # bad files: every cell on this data fails alike, without decoding it again
+            raise self.dataset_errors[key]
+        try:
+            return self.datasets.get_or_make(key, make)
+        except DatasetError as exc:
+            self.dataset_errors[key] = exc
+            raise
 
     def calibration(self, spec: CellSpec, built: BuiltModel, info: ModelInfo) -> Any:
         """The int8 calibration images for the cell's dataset (see ``calibration.py``), once per process."""

@@ -156,7 +156,6 @@ def test_label_csv_layout_maps_wnids_and_indices(tmp_path):
     ({"file": "images/x.JPEG", "wnid": "n99999999", "class_index": 3}, r"wnid 'n99999999' is not an ImageNet-1k class"),
     ({"file": "images/x.JPEG", "wnid": FIRST, "class_index": 5}, r"class_index 5 disagrees with wnid n01440764"),
     ({"file": "images/x.JPEG", "wnid": "", "class_index": 1000}, r"class_index 1000 is outside 0\.\.999"),
-    ({"file": "images/missing.JPEG", "wnid": FIRST, "class_index": 0}, r"missing\.JPEG does not exist"),
 ])
 def test_bad_label_rows_name_the_csv_line(tmp_path, row, message):
     write_image(tmp_path / "images" / "x.JPEG")
@@ -164,6 +163,34 @@ def test_bad_label_rows_name_the_csv_line(tmp_path, row, message):
     with pytest.raises(DatasetError, match=message) as info:
         F.ImageFolderDataset(tmp_path)
     assert "labels.csv, line 2" in str(info.value)
+
+
+def test_every_bad_row_is_named_at_once(tmp_path):
+    write_image(tmp_path / "images" / "x.JPEG")
+    write_image(tmp_path / "images" / "y.JPEG", seed=1)
+    write_csv(tmp_path, [{"file": "images/x.JPEG", "wnid": "n99999999", "class_index": ""},
+                         {"file": "images/y.JPEG", "wnid": FIRST, "class_index": 5}])
+    with pytest.raises(DatasetError, match="2 bad row") as info:
+        F.ImageFolderDataset(tmp_path)
+    assert "line 2: wnid 'n99999999'" in str(info.value) and "line 3: class_index 5 disagrees" in str(info.value)
+
+
+def test_missing_and_undecodable_images_are_named_together_by_load(tmp_path):
+    write_image(tmp_path / "images" / "x.JPEG")
+    (tmp_path / "images" / "text.JPEG").write_text("not an image")
+    write_csv(tmp_path, [{"file": "images/x.JPEG", "wnid": FIRST}, {"file": "images/missing.JPEG", "wnid": FIRST},
+                         {"file": "images/text.JPEG", "wnid": FIRST}])
+    dataset = F.ImageFolderDataset(tmp_path)  # the labels are fine: the images are checked when decoded
+    assert len(dataset) == 2
+    with pytest.raises(DatasetError, match="2 of 3 images cannot be used") as info:
+        dataset.load(to_uint8)
+    assert "labels.csv, line 3: image" in str(info.value) and "missing.JPEG does not exist" in str(info.value)
+    assert "text.JPEG: cannot decode image" in str(info.value)
+    skipping = F.ImageFolderDataset(tmp_path, skip_bad_images=True, log=lambda message: None)
+    with pytest.warns(UserWarning, match="left out 2 of 3 bad images"):
+        images, labels = skipping.load(to_uint8)
+    assert images.shape[0] == 1 and labels.tolist() == [0] and len(skipping) == 1
+    assert skipping.content_id != dataset.content_id
 
 
 def test_label_count_mismatch_is_an_error(tmp_path):

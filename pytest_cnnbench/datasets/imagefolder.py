@@ -135,8 +135,18 @@ def _csv_label(row: dict[str, str], where: str) -> int:
     return label
 
 
-def read_label_csv(csv_path: Path) -> tuple[list[Path], list[int]]:
+def listing(header: str, problems: list[str], limit: int = 50) -> str:
+    """``header:`` and one indented line per problem (the first ``limit`` of them)."""
+    shown = problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
+    return header + ":\n  " + "\n  ".join(shown)
+
+
+def read_label_csv(csv_path: Path, missing: Optional[list[tuple[Path, str]]] = None) -> tuple[list[Path], list[int]]:
+    """The labelled images a labels CSV lists. Every bad row is named in one DatasetError. With
+    ``missing`` (a list), rows whose image does not exist are appended there as ``(path, message)``
+    and left out instead, so they can be reported together with the images that do not decode."""
     base = csv_path.parent
+    problems: list[str] = []
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
@@ -145,24 +155,40 @@ def read_label_csv(csv_path: Path) -> tuple[list[Path], list[int]]:
             if "file" not in columns or not ({"wnid", "class_index"} & set(columns)):
                 raise DatasetError(f"{csv_path}: needs a 'file' column and a 'wnid' and/or 'class_index' column "
                                    f"(found {', '.join(columns) or 'no header'})")
-            files, labels, seen = [], [], set()
+            files, labels, seen, rows = [], [], set(), 0
             for line, row in enumerate(reader, start=2):
+                rows += 1
                 where = f"{csv_path}, line {line}"
                 name = (row.get("file") or "").strip()
                 if not name:
-                    raise DatasetError(f"{where}: empty 'file'")
+                    problems.append(f"{where}: empty 'file'")
+                    continue
                 path = (base / name).resolve()
                 if path in seen:
-                    raise DatasetError(f"{where}: {name} is listed twice")
-                if not path.is_file():
-                    raise DatasetError(f"{where}: image {path} does not exist")
+                    problems.append(f"{where}: {name} is listed twice")
+                    continue
                 seen.add(path)
+                try:
+                    label = _csv_label(row, where)
+                except DatasetError as exc:
+                    problems.append(str(exc))
+                    continue
+                if not path.is_file():
+                    message = f"{where}: image {path} does not exist"
+                    if missing is None:
+                        problems.append(message)
+                    else:
+                        missing.append((path, message))
+                    continue
                 files.append(path)
-                labels.append(_csv_label(row, where))
+                labels.append(label)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"{csv_path}: cannot read the labels CSV ({exc})") from None
+    if problems:
+        raise DatasetError(listing(f"{csv_path}: {len(problems)} bad row(s)", problems))
     if not files:
-        raise DatasetError(f"{csv_path}: lists no images")
+        raise DatasetError(f"{csv_path}: lists no images" if not rows else
+                           listing(f"{csv_path}: none of the {rows} listed images exist", [m for _, m in missing or ()]))
     # Every image in the folders the CSV points into must be labelled: a mismatch means the
     # CSV and the folder are out of step, and silently evaluating a subset would hide that.
     unlisted = sorted(p.resolve() for folder in {f.parent for f in files} for p in folder.iterdir()
@@ -196,16 +222,25 @@ def decode_workers() -> int:
 
 
 class ImageFolderDataset:
+    """An ImageNet-style folder. Bad images (listed but missing, or not decodable) are all found
+    before anything fails: ``load()`` raises one DatasetError naming every one of them, or, with
+    ``skip_bad_images``, leaves them out with a count and a warning."""
+
     name = "imagenet"
     num_classes = NUM_CLASSES
     labels_meaningful = True
 
-    def __init__(self, folder: Path, layout: Optional[str] = None) -> None:
+    def __init__(self, folder: Path, layout: Optional[str] = None, skip_bad_images: bool = False,
+                 log: Callable[[str], None] = print) -> None:
         self.folder = Path(folder)
         self.layout = layout or layout_of(self.folder)
+        self.skip_bad_images = skip_bad_images
+        self.log = log
+        self.missing: list[tuple[Path, str]] = []  # listed in the labels CSV but absent: reported by load()
+        self.skipped: list[str] = []  # with skip_bad_images: what load() left out, and why
         if self.layout == "csv":
             self.label_csv: Optional[Path] = find_label_csv(self.folder)
-            self.files, labels = read_label_csv(self.label_csv)  # type: ignore[arg-type]
+            self.files, labels = read_label_csv(self.label_csv, self.missing)  # type: ignore[arg-type]
         elif self.layout == "wnid-folders":
             self.label_csv = None
             self.files, labels = read_wnid_folders(self.folder)
@@ -225,8 +260,9 @@ class ImageFolderDataset:
         if ctx.num_classes != NUM_CLASSES:
             raise DatasetError(f"the imagenet dataset has {NUM_CLASSES} classes but the model predicts {ctx.num_classes}")
         folder, layout = locate(ctx.data_root)
-        dataset = cls(folder, layout)
-        ctx.log(f"cnnbench: imagenet: {len(dataset)} images from {folder} ({layout})")
+        dataset = cls(folder, layout, skip_bad_images=ctx.skip_bad_images, log=ctx.log)
+        missing = f" (and {len(dataset.missing)} listed but missing)" if dataset.missing else ""
+        ctx.log(f"cnnbench: imagenet: {len(dataset)} images{missing} from {folder} ({layout})")
         return dataset
 
     def __len__(self) -> int:
@@ -242,15 +278,29 @@ class ImageFolderDataset:
             except Exception as exc:
                 raise DatasetError(f"{path}: preprocessing failed ({type(exc).__name__}: {exc})") from None
 
-        first = one(self.files[0])
+        bad: dict[int, str] = {}  # index in self.files -> what is wrong with it
+        first, start = None, 0
+        for start, path in enumerate(self.files):  # the first good image sets the tensor's shape
+            try:
+                first = one(path)
+                break
+            except DatasetError as exc:
+                bad[start] = str(exc)
+        if first is None:
+            self._fail_or_skip(bad)  # every image is bad: never skipped
         images = torch.empty((len(self.files), *first.shape), dtype=first.dtype)
-        images[0] = first
+        images[start] = first
 
         def fill(i: int) -> None:
-            sample = one(self.files[i])
+            try:
+                sample = one(self.files[i])
+            except DatasetError as exc:
+                bad[i] = str(exc)
+                return
             if sample.shape != first.shape:
-                raise DatasetError(f"{self.files[i]}: preprocessed to shape {tuple(sample.shape)}, "
-                                   f"but {self.files[0]} to {tuple(first.shape)}")
+                bad[i] = (f"{self.files[i]}: preprocessed to shape {tuple(sample.shape)}, "
+                          f"but {self.files[start]} to {tuple(first.shape)}")
+                return
             images[i] = sample
 
         # One torch thread per worker: the per-image tensor ops are small, and the workers
@@ -258,12 +308,35 @@ class ImageFolderDataset:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            pool = ThreadPoolExecutor(decode_workers())
-            try:
-                for _ in pool.map(fill, range(1, len(self.files))):
+            with ThreadPoolExecutor(decode_workers()) as pool:
+                for _ in pool.map(fill, range(start + 1, len(self.files))):
                     pass
-            finally:  # on the first bad image, do not decode the rest
-                pool.shutdown(wait=True, cancel_futures=True)
         finally:
             torch.set_num_threads(threads)
+        if bad or self.missing:
+            keep = self._fail_or_skip(bad)
+            images, self.labels = images[keep].contiguous(), self.labels[keep]
         return images, self.labels
+
+    def _fail_or_skip(self, bad: dict[int, str]) -> torch.Tensor:
+        """One DatasetError naming every bad image; with ``skip_bad_images`` (and some good images
+        left), the indices of the good ones, after a warning with the count."""
+        problems = [message for _, message in self.missing] + [bad[i] for i in sorted(bad)]
+        total = len(self.files) + len(self.missing)
+        if not self.skip_bad_images or len(bad) == len(self.files):
+            advice = ("fix or remove them (and their labels), or run with --cnn-skip-bad-images to leave them out"
+                      if len(bad) < len(self.files) else "none of the images can be used")
+            raise DatasetError(listing(f"{self.folder}: {len(problems)} of {total} images cannot be used; {advice}",
+                                       problems))
+        import warnings
+
+        keep = torch.tensor([i for i in range(len(self.files)) if i not in bad], dtype=torch.int64)
+        self.skipped = problems
+        message = listing(f"cnnbench: {self.folder}: left out {len(problems)} of {total} bad images "
+                          f"(--cnn-skip-bad-images); evaluating the other {len(keep)}", problems, limit=10)
+        self.log(message)
+        warnings.warn(message, UserWarning, stacklevel=2)
+        self.files = [self.files[i] for i in keep.tolist()]
+        self.missing = []  # reported once: a second load() has nothing more to leave out
+        self.content_id = hash_parts(self.content_id, "left out", *map(str, sorted(bad)))
+        return keep

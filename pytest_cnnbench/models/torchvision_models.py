@@ -1,4 +1,5 @@
-"""ImageNet classifiers from torchvision (ResNet50, AlexNet, GoogLeNet), built by one code path.
+"""ImageNet classifiers from torchvision (ResNet50, AlexNet, GoogLeNet, and any other of its
+classification models through ``torchvision:<name>``, see zoo.py), built by one code path.
 
 Weights (``--cnn-weights``):
 
@@ -48,13 +49,15 @@ DOWNLOAD_TIMEOUT_S = 60.0  # per socket operation: a black-holed network must no
 # sets the same ones when it loads them): GoogLeNet without its training-only auxiliary
 # heads (eval outputs stay a plain tensor, which tracing and ONNX export need) and with
 # transform_input, which maps ImageNet normalization to the one the weights were trained on.
-ARCH_OPTIONS: dict[str, dict[str, Any]] = {"googlenet": {"aux_logits": False, "transform_input": True}}
+# Inception v3 likewise (its aux head is AuxLogits).
+ARCH_OPTIONS: dict[str, dict[str, Any]] = {"googlenet": {"aux_logits": False, "transform_input": True},
+                                           "inception_v3": {"aux_logits": False, "transform_input": True}}
 # Passed only when building with random weights (explicit, which also silences GoogLeNet's FutureWarning).
-RANDOM_INIT_OPTIONS: dict[str, dict[str, Any]] = {"googlenet": {"init_weights": True}}
-# The Linear layer that produces the logits.
+RANDOM_INIT_OPTIONS: dict[str, dict[str, Any]] = {"googlenet": {"init_weights": True}, "inception_v3": {"init_weights": True}}
+# The Linear layer that produces the logits (other models: found by classifier_head).
 CLASSIFIER_HEADS = {"resnet50": "fc", "alexnet": "classifier.6", "googlenet": "fc"}
 # State-dict keys of training-only parts that the inference layout does not have.
-TRAINING_ONLY_PREFIXES: dict[str, tuple[str, ...]] = {"googlenet": ("aux1.", "aux2.")}
+TRAINING_ONLY_PREFIXES: dict[str, tuple[str, ...]] = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
 
 
 def default_weights(arch: str) -> Any:
@@ -123,24 +126,34 @@ def load_state_dict_file(arch: str, path: Path) -> nn.Module:
     """The architecture with a user's state dict; any mismatch is an error naming the file."""
     from torchvision.models import get_model
 
+    options = {**ARCH_OPTIONS.get(arch, {}), **({"init_weights": False} if arch in RANDOM_INIT_OPTIONS else {})}
+    return load_state_dict_into(get_model(arch, weights=None, **options), arch, path,
+                                dropped=TRAINING_ONLY_PREFIXES.get(arch, ()))
+
+
+def load_state_dict_into(module: nn.Module, name: str, path: Path, dropped: tuple[str, ...] = ()) -> nn.Module:
+    """``module`` with the state dict in ``path`` (keys starting with ``dropped`` ignored); any mismatch
+    is an error naming the file."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(f"--cnn-weights {path}: not a loadable state dict ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"--cnn-weights {path}: expected a state dict (parameter name -> tensor), got {type(state).__name__}")
-    dropped = TRAINING_ONLY_PREFIXES.get(arch, ())
     state = {k: v for k, v in state.items() if not k.startswith(dropped)} if dropped else state
-    options = {**ARCH_OPTIONS.get(arch, {}), **({"init_weights": False} if arch == "googlenet" else {})}
-    module = get_model(arch, weights=None, **options)
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # same keys, other shapes
+        first = str(exc).splitlines()[1:2] or [str(exc)]
+        raise ValueError(f"--cnn-weights {path} does not fit {name}: {first[0].strip()}; "
+                         f"select the matching model with --cnn-model") from None
     problems = []
     if result.missing_keys:
         problems.append(f"missing {len(result.missing_keys)} keys (e.g. {', '.join(result.missing_keys[:3])})")
     if result.unexpected_keys:
         problems.append(f"{len(result.unexpected_keys)} unexpected keys (e.g. {', '.join(result.unexpected_keys[:3])})")
     if problems:
-        raise ValueError(f"--cnn-weights {path} does not fit {arch}: {'; '.join(problems)}; "
+        raise ValueError(f"--cnn-weights {path} does not fit {name}: {'; '.join(problems)}; "
                          f"select the matching model with --cnn-model")
     return module
 
@@ -178,6 +191,20 @@ def calibrate_batchnorm(module: nn.Module, batches: list[torch.Tensor]) -> None:
             norm.eval()
 
 
+def classifier_head(module: nn.Module, arch: Optional[str] = None) -> Optional[nn.Linear]:
+    """The Linear layer that produces the logits: the known one for the built-ins, timm's
+    ``get_classifier()``, else the last Linear layer of the module (None if there is none, e.g.
+    SqueezeNet's 1x1-convolution classifier)."""
+    if arch in CLASSIFIER_HEADS:
+        return module.get_submodule(CLASSIFIER_HEADS[arch])
+    getter = getattr(module, "get_classifier", None)
+    head = getter() if callable(getter) else None
+    if isinstance(head, nn.Linear):
+        return head
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
 def standardize_logits(head: nn.Linear, module: nn.Module, batches: list[torch.Tensor]) -> None:
     """Fold a per-class standardization of the logits (over ``batches``) into the classifier ``head``.
 
@@ -198,7 +225,7 @@ def standardize_logits(head: nn.Linear, module: nn.Module, batches: list[torch.T
         head.bias.copy_((head.bias - mean) / std)
 
 
-def calibrate_random_model(module: nn.Module, head: nn.Linear, images: torch.Tensor) -> None:
+def calibrate_random_model(module: nn.Module, head: Optional[nn.Linear], images: torch.Tensor) -> None:
     """Make a randomly initialised classifier's predictions vary across ``images``."""
     if len(images) == 0:
         return
@@ -211,16 +238,19 @@ def calibrate_random_model(module: nn.Module, head: nn.Linear, images: torch.Ten
     try:
         if has_batchnorm(module):
             calibrate_batchnorm(module, batches)
-        standardize_logits(head, module, batches)
+        if head is not None:
+            standardize_logits(head, module, batches)
     finally:
         torch.set_num_threads(threads)
     module.eval()
 
 
-def _random_built(arch: str, module: nn.Module, preprocess: Any, pid: str, why: str) -> BuiltModel:
-    what = "BatchNorm statistics and logit scale" if has_batchnorm(module) else "logit scale"
-    note = f"{why}; random initialisation (seed {RANDOM_SEED}), {what} calibrated on up to {CALIBRATION_IMAGES} evaluation images"
-    head = module.get_submodule(CLASSIFIER_HEADS[arch])
+def random_built(module: nn.Module, preprocess: Any, pid: str, why: str, arch: Optional[str] = None) -> BuiltModel:
+    """A randomly initialised classifier whose ``calibrate`` hook makes its predictions vary (see above)."""
+    head = classifier_head(module, arch)
+    what = [w for w, on in (("BatchNorm statistics", has_batchnorm(module)), ("logit scale", head is not None)) if on]
+    note = (f"{why}; random initialisation (seed {RANDOM_SEED}), {' and '.join(what) or 'nothing'} calibrated "
+            f"on up to {CALIBRATION_IMAGES} evaluation images")
     return BuiltModel(module.eval(), preprocess, "random", note, pid,
                       calibrate=functools.partial(calibrate_random_model, module, head))
 
@@ -234,7 +264,7 @@ def build_torchvision_model(ctx: ModelContext, arch: str) -> BuiltModel:
     pid = preprocess_id(preprocess)
 
     if ctx.weights == "random":
-        return _random_built(arch, random_module(arch), preprocess, pid, "--cnn-weights=random")
+        return random_built(random_module(arch), preprocess, pid, "--cnn-weights=random", arch)
     if ctx.weights != "pretrained":
         path = Path(ctx.weights).expanduser()
         module = load_state_dict_file(arch, path)
@@ -243,5 +273,5 @@ def build_torchvision_model(ctx: ModelContext, arch: str) -> BuiltModel:
     module, note = load_pretrained(arch, weights, ctx.download, ctx.log)
     if module is None:
         ctx.log(f"cnnbench: {ctx.name}: {note}; running with random weights (accuracy not asserted)")
-        return _random_built(arch, random_module(arch), preprocess, pid, note)
+        return random_built(random_module(arch), preprocess, pid, note, arch)
     return BuiltModel(module.eval(), preprocess, "pretrained", note, pid, weights_id=str(weights))

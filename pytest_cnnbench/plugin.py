@@ -328,7 +328,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # Bad files of a dataset, a cnn_model fixture that returned something unusable, a zoo name: the
 # message says what to fix, and the harness's own traceback (plugin, workbench, registry) would
 # only bury it. Their reports show the message alone, as pytest.fail(..., pytrace=False) does.
-USER_ERRORS = {("pytest_cnnbench.runner", "FixtureModelError")}  # runner imports torch: matched by name
+USER_ERRORS = {("pytest_cnnbench.models.fixture_model", "FixtureModelError")}  # that module imports torch: matched by name
 
 
 def is_user_error(exc: BaseException) -> bool:

@@ -173,6 +173,7 @@ class CellRunner:
         memory = HostMemory()
         device_memory = self._device_memory()
         stats = None
+        loadgen = None
         try:
             with memory, device_memory:
                 with _phase(phases, "prepare"):
@@ -206,6 +207,9 @@ class CellRunner:
                 result["throughput_ips"] = spec.batch_size * 1000.0 / stats.p50
             result["memory_mb"].update(host_peak=memory.peak_mb, host_delta=memory.delta_mb,
                                        device_peak=device_memory.peak_mb, device_peak_source=device_memory.source)
+            # -- MLPerf LoadGen scenarios (--cnn-scenario; pytest_cnnbench/mlperf/cell.py) --
+            from .mlperf.cell import run_for_cell
+            loadgen = run_for_cell(bench.settings, spec, prepared, images, labels, stats, result, self.item.name)
         finally:
             if prepared is not None:
                 prepared.close()
@@ -218,6 +222,8 @@ class CellRunner:
         self.item.user_properties.append((R.RESULT_PROPERTY, result))
         if stats is not None and self.benchmark is not None and not getattr(self.benchmark, "disabled", False):
             self.benchmark.extra_info.update({"cnnbench": {k: v for k, v in result.items() if k != "test"}})
+        from .mlperf.cell import finish_cell
+        finish_cell(loadgen)  # fails or skips the cell, its result recorded (MLPerf LoadGen scenarios)
         if stats is not None and stats.stable is False and bench.settings.strict:
             pytest.fail(f"{unstable_message(result)} (--cnn-strict)", pytrace=False)
         return result

@@ -15,7 +15,7 @@ from typing import Any
 SCENARIOS = ("single-stream", "multi-stream", "offline", "server")
 # LoadGen's own names, as its logs and mlperf.conf spell them.
 LOADGEN_NAMES = {"single-stream": "SingleStream", "multi-stream": "MultiStream", "offline": "Offline", "server": "Server"}
-INSTALL_HINT = "pip install 'pytest-cnnbench[mlperf]'  (MLCommons LoadGen: mlcommons-loadgen)"
+INSTALL_HINT = "pip install 'pytest-cnnbench[mlperf]'"  # the extra installs mlcommons-loadgen
 
 
 def available() -> bool:
@@ -24,7 +24,7 @@ def available() -> bool:
 
 
 def unavailable_reason() -> str:
-    return f"LoadGen scenarios need MLCommons LoadGen (module mlperf_loadgen), which is not installed; {INSTALL_HINT}"
+    return f"--cnn-scenario needs MLCommons LoadGen (mlperf_loadgen), not installed; install it with: {INSTALL_HINT}"
 
 
 def run_scenarios(*args: Any, **kwargs: Any) -> dict[str, Any]:

@@ -37,30 +37,6 @@ from typing import Any, Callable, Optional
 # Parent -> child: ("r", ids, predictions int32 bytes or None, error text or None).
 
 
-def _cpus() -> tuple[set[int], set[int]]:
-    """(the serving thread's CPUs, the child's): the child on the last CPU, the serving thread on the
-    others, so LoadGen's work between queries stays off the core (and caches) of the backend's call.
-    Only the child is pinned: pinning the parent's serving thread made torch's calls on it take 15 ms.
-    Measured here with a LeNet-sized model on 2 shared CPUs (noisy): the call's p50 inside SingleStream
-    was 0.41 and 0.23 ms with the child unpinned, 0.25 and 0.25 ms pinned, against 0.19-0.36 ms in a loop."""
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return set(), set()
-    if len(cpus) < 2:
-        return set(), set()
-    return set(cpus[:-1]), {cpus[-1]}
-
-
-def _pin(cpus: set[int]) -> None:
-    """Pin the calling thread (and the threads it starts later) to ``cpus``; nothing where it cannot."""
-    if cpus:
-        try:
-            os.sched_setaffinity(0, cpus)
-        except OSError:
-            pass
-
-
 def _apply(lg: Any, values: dict[str, Any]) -> Any:
     settings = lg.TestSettings()
     for key, value in values.items():
@@ -74,7 +50,6 @@ def _apply(lg: Any, values: dict[str, Any]) -> Any:
 
 def child_main(conn: Any, settings_values: dict[str, Any], total: int, performance: int, out_dir: str) -> None:
     """The child: run one LoadGen test whose SUT forwards queries to the parent over ``conn``."""
-    _pin(_cpus()[1])  # before LoadGen's threads start: they inherit it
     try:
         import numpy as np
 
@@ -194,17 +169,9 @@ class Served:
         self.service_s: list[float] = []  # per query: seconds inside ``predict`` (the parent's share of the latency)
 
 
-SPIN_S = 0.002  # the serving thread polls this long for the next query before it blocks
-
-
 def _serve(conn: Any, predict: Callable[[list[int]], bytes], served: Served) -> None:
     while True:
         try:
-            # Poll a little before blocking: a thread that sleeps between queries wakes on a cold core
-            # (measured here: LeNet's call p90 0.25 ms in a loop, 0.41 ms when it blocked between queries).
-            until = time.monotonic() + SPIN_S
-            while not conn.poll(0) and time.monotonic() < until:
-                pass
             message = conn.recv()
         except (EOFError, OSError):
             return

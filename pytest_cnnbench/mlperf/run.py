@@ -11,10 +11,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from . import available, unavailable_reason
+from . import unavailable_reason
 from .child import ChildResult, run_test
 from .log import ACCURACY, LogError, read_detail, summarize
-from .settings import ScenarioOptions, latency_bound_ms, test_settings, timeout_for
+from .settings import ScenarioOptions, latency_bound_ms, loadgen_settings, timeout_for
 
 _OVERHEAD: dict[str, Any] = {}  # measured once per process: see ``measure_overhead``
 OVERHEAD_SECONDS = 1.0
@@ -42,20 +42,30 @@ def _predictor(call: Callable[[Any], Any], images: Any, batch_size: int) -> Call
     return predict
 
 
-def _noop(indices: list[int]) -> bytes:
-    return b"\0\0\0\0" * len(indices)
+def _noop_call(batch: Any) -> Any:
+    import torch
+
+    return torch.zeros(len(batch), 1)
+
+
+# A p90 from one cell's timing is known less well than its p50 (its stated spread); between the two
+# runs the machine's pace also moves. The agreement check allows at least this fraction of the p90.
+P90_SPREAD_FLOOR = 0.10
 
 
 def measure_overhead(out_dir: Path, options: ScenarioOptions) -> dict[str, Any]:
-    """LoadGen's per-sample overhead here, as the cells see it: a SingleStream run whose SUT answers
-    at once (a no-op call in the parent, through the same pipe). Measured once per process."""
+    """LoadGen's per-sample overhead here, as the cells see it: a SingleStream run whose SUT's call is a
+    no-op (answered in the parent through the same pipe, slicing and argmax as for a cell).
+    Measured once per process."""
     if _OVERHEAD:
         return _OVERHEAD
     short = ScenarioOptions(seconds=OVERHEAD_SECONDS)
-    values = test_settings("single-stream", short, {"p50_s": 50e-6, "batch_size": 1}, samples=64)
+    values = loadgen_settings("single-stream", short, {"p50_s": 50e-6, "batch_size": 1}, samples=64)
     values["min_query_count"] = 256
     folder = Path(out_dir) / "overhead"
-    result = run_test(_noop, values, 64, 64, folder, 60.0)
+    import torch
+
+    result = run_test(_predictor(_noop_call, torch.zeros(64, 1), 1), values, 64, 64, folder, 60.0)
     record: dict[str, Any] = {"log_dir": str(folder)}
     if result.ok:
         try:
@@ -109,7 +119,7 @@ def _server(predict: Callable[[list[int]], bytes], total: int, hints: dict[str, 
     for step in range(steps):
         qps = rates[0] if rates else (0.5 / per_sample if step == 0 else (low + high) / 2)
         qps = float(f"{qps:.4g}")
-        values = test_settings("server", options, hints, server_qps=qps, latency_ms=bound_ms, samples=total)
+        values = loadgen_settings("server", options, hints, server_qps=qps, latency_ms=bound_ms, samples=total)
         folder = out_dir / (f"server-{qps:g}qps" if not rates else "server")
         result, entry, error = _run_one("server", predict, values, total, hints, folder, options)
         if error is not None:
@@ -148,7 +158,9 @@ def run_scenarios(call: Callable[[Any], Any], images: Any, labels: Any, batch_si
     out: dict[str, Any] = {"scenarios": {}, "accuracy": None, "overhead": None, "failures": [], "skip": None, "notes": []}
     if not scenarios:
         return out
-    if not available():
+    from .. import mlperf as package  # looked up now: a conftest may stand in for a missing LoadGen
+
+    if not package.available():
         out["skip"] = unavailable_reason()
         return out
     out_dir = Path(out_dir)
@@ -175,7 +187,7 @@ def run_scenarios(call: Callable[[Any], Any], images: Any, labels: Any, batch_si
                 continue
             entry, error, stuck = _server(predict, total, hints, out_dir, options, bound)
         else:
-            values = test_settings(scenario, options, hints, samples=total)
+            values = loadgen_settings(scenario, options, hints, samples=total)
             result, entry, error = _run_one(scenario, predict, values, total, hints, folder, options)
             stuck = result.stuck
         if error is not None:
@@ -203,24 +215,28 @@ def _check_p90(entry: dict[str, Any], hints: dict[str, Any], overhead: dict[str,
                                 "LoadGen single samples")
         return
     plugin_ms = float(plugin_p90) * 1000.0
-    spread = float(hints.get("spread") or 0.0)
+    stated = float(hints.get("spread") or 0.0)
+    spread = max(stated, P90_SPREAD_FLOOR)
     overhead_ms = float(overhead.get("p90_ms") or 0.0)
     allowed = spread * plugin_ms + overhead_ms
     diff = entry["p90_ms"] - plugin_ms
     entry["p90_agreement"] = {"plugin_p90_ms": round(plugin_ms, 4), "difference_ms": round(diff, 4),
-                              "allowed_ms": round(allowed, 4), "spread": spread, "overhead_ms": overhead_ms}
+                              "allowed_ms": round(allowed, 4), "spread": spread, "stated_spread": stated,
+                              "overhead_ms": overhead_ms, "sut_p90_ms": entry.get("sut_p90_ms")}
     if abs(diff) > allowed:
         out["failures"].append(
             f"single-stream: LoadGen's p90 {entry['p90_ms']:.3f} ms and the plugin's p90 {plugin_ms:.3f} ms differ by "
-            f"{diff:+.3f} ms, more than the stated spread ±{spread:.1%} plus LoadGen's overhead {overhead_ms:.3f} ms "
-            f"(allowed ±{allowed:.3f} ms): a bug in one of the two timers")
+            f"{diff:+.3f} ms, more than the spread ±{spread:.1%} (stated ±{stated:.1%}, at least ±{P90_SPREAD_FLOOR:.0%}) "
+            f"plus LoadGen's overhead {overhead_ms:.3f} ms (allowed ±{allowed:.3f} ms; the backend's call inside LoadGen's "
+            f"run: p90 {entry.get('sut_p90_ms')} ms): a bug in one of the two timers, or the call runs slower between "
+            "LoadGen's queries than back to back")
 
 
 def _accuracy(predict: Callable[[list[int]], bytes], labels: Any, total: int, hints: dict[str, Any], folder: Path,
               options: ScenarioOptions, out: dict[str, Any]) -> None:
     from .accuracy import AccuracyLogError, top1_from_log
 
-    values = test_settings("offline", options, hints, accuracy=True, samples=total)
+    values = loadgen_settings("offline", options, hints, accuracy=True, samples=total)
     result = run_test(predict, values, total, values["performance_sample_count_override"] or total, folder,
                       timeout_for(values, hints, total, options))
     if not result.ok:

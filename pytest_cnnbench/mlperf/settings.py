@@ -84,7 +84,7 @@ def latency_bound_ms(options: ScenarioOptions, model: str) -> Optional[float]:
     return SERVER_LATENCY_MS.get(model)
 
 
-def test_settings(scenario: str, options: ScenarioOptions, hints: dict[str, Any], *, accuracy: bool = False,
+def loadgen_settings(scenario: str, options: ScenarioOptions, hints: dict[str, Any], *, accuracy: bool = False,
                   server_qps: Optional[float] = None, latency_ms: Optional[float] = None,
                   samples: int = 0) -> dict[str, Any]:
     """Every ``mlperf_loadgen.TestSettings`` field the test uses, as plain values.

@@ -116,6 +116,11 @@ def _server(predict: Callable[[list[int]], bytes], total: int, hints: dict[str, 
     low, high = 0.0, 1.2 / per_sample
     best: Optional[dict[str, Any]] = None
     steps = 1 if rates else max(1, options.server_search_steps)
+    own_p90_ms = float(hints.get("p90_s") or 0.0) * 1000.0
+    if not rates and own_p90_ms > bound_ms:
+        # One call already takes longer than the bound: no rate can meet it, and each lower rate tried
+        # would take longer (459 queries at least). One run at half the capacity records LoadGen's verdict.
+        steps = 1
     for step in range(steps):
         qps = rates[0] if rates else (0.5 / per_sample if step == 0 else (low + high) / 2)
         qps = float(f"{qps:.4g}")
@@ -138,7 +143,9 @@ def _server(predict: Callable[[list[int]], bytes], total: int, hints: dict[str, 
                 or (not valid and best["loadgen"] != "VALID" and qps < best["target_qps"])):
             best = entry
     assert best is not None
-    best["search"] = None if rates else {"tried": tried, "steps": steps}
+    best["search"] = None if rates else {"tried": tried, "steps": steps,
+                                         "note": ("one call's p90 exceeds the bound: not searched further"
+                                                  if steps == 1 and options.server_search_steps > 1 else None)}
     return best, None, False
 
 

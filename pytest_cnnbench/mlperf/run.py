@@ -105,9 +105,11 @@ def _run_one(scenario: str, predict: Callable[[list[int]], bytes], values: dict[
 def _server(predict: Callable[[list[int]], bytes], total: int, hints: dict[str, Any], out_dir: Path,
             options: ScenarioOptions, bound_ms: float) -> tuple[Optional[dict[str, Any]], Optional[str], bool]:
     """The server scenario at --cnn-server-qps, or the highest rate that is VALID under the bound,
-    by a bounded bisection between 0 and the cell's single-worker capacity (1/p50 per sample, x1.2).
+    by a bounded bisection between 0 and the cell's single-worker capacity (1 / (p50 + overhead), x1.2).
     Returns (entry, error, stuck)."""
-    per_sample = max(float(hints.get("p50_s") or 1e-3), 1e-6) / max(1, int(hints.get("batch_size") or 1))
+    # Server queries are single samples, served one at a time: a call at the cell's batch size bounds
+    # one sample's time from above; LoadGen's and the pipe's overhead adds to each.
+    per_sample = max(float(hints.get("p50_s") or 1e-3), 1e-6) + float(hints.get("overhead_s") or 0.0)
     if options.server_qps is not None:
         rates = [options.server_qps]
     else:
@@ -178,6 +180,7 @@ def run_scenarios(call: Callable[[Any], Any], images: Any, labels: Any, batch_si
     total = int(len(images))
     predict = _predictor(call, images, batch_size)
     overhead = out["overhead"] = dict(measure_overhead(out_dir.parent, options))
+    hints["overhead_s"] = float(overhead.get("p50_ms") or 0.0) / 1000.0
     stuck = False
     for scenario in scenarios:
         if stuck:

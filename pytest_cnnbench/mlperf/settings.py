@@ -96,7 +96,7 @@ def loadgen_settings(scenario: str, options: ScenarioOptions, hints: dict[str, A
         raise ScenarioError(f"unknown scenario {scenario!r}")
     p50 = max(float(hints.get("p50_s") or 1e-3), 1e-6)
     batch = max(1, int(hints.get("batch_size") or 1))
-    per_sample = p50 / batch if scenario in ("offline", "server") else p50
+    per_sample = p50 / batch if scenario == "offline" else p50  # server queries are single samples
     seconds = options.seconds
     s: dict[str, Any] = {"scenario": LOADGEN_NAMES[scenario], "mode": "AccuracyOnly" if accuracy else "PerformanceOnly",
                          **SEEDS}

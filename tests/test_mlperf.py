@@ -87,6 +87,8 @@ def test_scenario_table_formats_verdicts_errors_and_skips():
         {**base, "scenarios": {"single-stream": {"p90_ms": 1.25, "loadgen": "VALID", "submission_length": False},
                                "server": {"skipped": "no latency bound; give --cnn-server-latency-ms"}},
          "loadgen": {"accuracy": {"top1": 0.5, "plugin_top1": 0.5, "total": 10}, "overhead": {"p50_ms": 0.03, "p90_ms": 0.05}}},
+        {**base, "backend": "f", "scenarios": {"single-stream": {
+            "p90_ms": 0.5, "loadgen": "VALID", "p90_agreement": {"plugin_p90_ms": 0.2, "difference_ms": 0.3, "allowed_ms": 0.1}}}},
         {**base, "backend": "c", "scenarios": {"single-stream": {"error": "the backend raised inside the SUT: boom"}},
          "loadgen": {}},
         {**base, "backend": "d", "scenarios": None, "loadgen": {"skip": "needs mlcommons-loadgen"}},
@@ -96,6 +98,7 @@ def test_scenario_table_formats_verdicts_errors_and_skips():
     assert "1.250 ms [VALID, short run]" in text and "ERROR: the backend raised inside the SUT: boom" in text
     assert "skipped: no latency bound" in text and "needs mlcommons-loadgen" in text and "50.00% = 50.00%" in text
     assert "not submission length" in text and "p90 50 µs" in text
+    assert "0.500 ms [VALID, short run] != plugin's 0.200 ms" in text
     assert " e " not in text  # a row without scenarios is not in this table
     assert format_scenario_table([{**base}]) == ""
 

@@ -42,7 +42,11 @@ def cell_text(scenario: str, entry: Optional[dict[str, Any]]) -> str:
     else:
         value = (f"{entry.get('achieved_qps') or 0:.1f} of {entry.get('target_qps') or 0:g} qps, "
                  f"p99 {_ms(entry.get('p99_ms'))} (<= {entry.get('latency_bound_ms'):g} ms)")
-    return f"{value} [{_verdict(entry)}]"
+    text = f"{value} [{_verdict(entry)}]"
+    agreement = entry.get("p90_agreement") if scenario == "single-stream" else None
+    if agreement and abs(agreement["difference_ms"]) > agreement["allowed_ms"]:
+        text += f" != plugin's {_ms(agreement['plugin_p90_ms'])}"
+    return text
 
 
 def _accuracy_text(record: Optional[dict[str, Any]]) -> str:

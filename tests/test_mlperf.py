@@ -122,8 +122,8 @@ def _sleeper(seconds):
     return call
 
 
-def _implied_p90_s(call) -> float:
-    """What the sleep takes here, as a loop of calls measures it (a sleep overshoots by a little)."""
+def _implied_s(call) -> tuple[float, float]:
+    """(mean, p90) of what the sleep takes here, as a loop of calls measures it (a sleep overshoots by a little)."""
     import torch
 
     batch = torch.zeros(1, 1)
@@ -132,34 +132,54 @@ def _implied_p90_s(call) -> float:
         started = time.perf_counter()
         call(batch)
         times.append(time.perf_counter() - started)
-    return statistics.quantiles(times, n=10)[-1]
+    return statistics.mean(times), statistics.quantiles(times, n=10)[-1]
+
+
+def _implied_p90_s(call) -> float:
+    return _implied_s(call)[1]
+
+
+def _within(measure, implied_before, implied_after, rel=0.10):
+    """``measure`` is within ``rel`` of what the sleep took just before or just after the LoadGen run
+    (the machine's load moves; a sleep's wake-up waits for a CPU)."""
+    return any(abs(measure - implied) <= rel * implied for implied in (implied_before, implied_after))
 
 
 @needs_loadgen
 def test_known_call_time_gives_single_stream_p90_and_offline_rate(tmp_path):
+    """Three tries at most: on 2 CPUs shared with other runs (load average up to 8 here), one stretch of
+    heavy load can cover a whole 1 s run; a broken timer fails both."""
     import torch
 
     from pytest_cnnbench.mlperf import run_scenarios
 
-    sleepy = _sleeper(0.010)  # 10 ms: LoadGen's and the pipe's ~0.1-0.4 ms here stay within the 10%
-    implied = _implied_p90_s(sleepy)
+    # 25 ms: LoadGen's and the pipe's ~0.1-0.4 ms, and a wake-up's wait for a CPU at a load average of 8
+    # (2-4 ms here), stay within the 10%.
+    sleepy = _sleeper(0.025)
     images, labels = torch.zeros(64, 1), torch.zeros(64, dtype=torch.long)
     options = ScenarioOptions(seconds=1.0)
-    hints = {"p50_s": implied, "p90_s": implied, "spread": 0.05, "top1": 1.0, "model": "sleepy"}
-    one = run_scenarios(sleepy, images, labels, 1, ["single-stream"], options, tmp_path / "bs1", hints)
-    assert one["failures"] == [], one["failures"]
-    ss = one["scenarios"]["single-stream"]
-    assert ss["p90_ms"] == pytest.approx(implied * 1000, rel=0.10), (ss, implied)
-    assert ss["loadgen"] == "VALID" and ss["submission_length"] is False and ss["queries"] >= 64
-    assert one["accuracy"]["top1"] == 1.0 and one["accuracy"]["total"] == 64
-    assert (tmp_path / "bs1" / "single-stream" / "mlperf_log_detail.txt").is_file()
-    overhead = one["overhead"]
-    assert 0 < overhead["p50_ms"] < 1.0, overhead  # LoadGen plus the pipe, per sample, with a no-op call
-    # Offline issues batches of the cell's size: 8 samples per 10 ms call.
-    eight = run_scenarios(sleepy, images, labels, 8, ["offline"], options, tmp_path / "bs8",
-                          {**hints, "p50_s": implied, "p90_s": None})
-    off = eight["scenarios"]["offline"]
-    assert off["samples_per_s"] == pytest.approx(8 / implied, rel=0.10), (off, implied)
+    seen = []
+    for attempt in range(3):
+        mean_before, before = _implied_s(sleepy)
+        hints = {"p50_s": before, "p90_s": before, "spread": 0.05, "top1": 1.0, "model": "sleepy"}
+        one = run_scenarios(sleepy, images, labels, 1, ["single-stream"], options, tmp_path / f"bs1-{attempt}", hints)
+        eight = run_scenarios(sleepy, images, labels, 8, ["offline"], options, tmp_path / f"bs8-{attempt}",
+                              {**hints, "p90_s": None})
+        mean_after, after = _implied_s(sleepy)
+        ss, off = one["scenarios"]["single-stream"], eight["scenarios"]["offline"]
+        assert ss["loadgen"] == "VALID" and ss["submission_length"] is False and ss["queries"] >= 64, ss
+        assert one["accuracy"]["top1"] == 1.0 and one["accuracy"]["total"] == 64
+        assert (tmp_path / f"bs1-{attempt}" / "single-stream" / "mlperf_log_detail.txt").is_file()
+        assert 0 < one["overhead"]["p50_ms"] < 1.0, one["overhead"]  # LoadGen plus the pipe, per sample, no-op call
+        # Offline issues batches of the cell's size: 8 samples per 25 ms call (a rate: the mean call time).
+        ok = (_within(ss["p90_ms"] / 1000, before, after) and _within(8 / off["samples_per_s"], mean_before, mean_after)
+              and not one["failures"] and not eight["failures"])
+        seen.append((ss["p90_ms"], before * 1000, after * 1000, off["samples_per_s"], 8 / mean_before, 8 / mean_after,
+                     one["failures"] + eight["failures"]))
+        if ok:
+            return
+    pytest.fail(f"(LoadGen p90 ms, loop p90 ms before, after, LoadGen samples/s, loop's before, after, failures) "
+                f"per try: {seen}")
 
 
 @needs_loadgen

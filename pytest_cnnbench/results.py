@@ -99,7 +99,9 @@ class CellResult:
     reason: Optional[str] = None
     test: Optional[str] = None
     test_name: Optional[str] = None  # the test function and its own parameters, without the cell
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # keys an extension adds (e.g. "scenarios")
+    scenarios: Optional[dict[str, Any]] = None  # --cnn-scenario: MLPerf LoadGen's figures per scenario (mlperf/)
+    loadgen: Optional[dict[str, Any]] = None  # LoadGen's accuracy pass, its measured overhead, skips, failures, notes
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # keys an extension adds
 
     @classmethod
     def for_cell(cls, cell: dict[str, Any]) -> "CellResult":
@@ -118,6 +120,13 @@ class CellResult:
         out = {name: _plain(getattr(self, name)) for name in _FIELDS if name != "extra"}
         out.update({k: _plain(v) for k, v in self.extra.items()})
         return out
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        """A declared field by name; any other key lands in ``extra`` (and in the JSON)."""
+        if key in _FIELDS and key != "extra":
+            setattr(self, key, value)
+        else:
+            self.extra[key] = value
 
     def __getitem__(self, key: str) -> Any:
         if key in _FIELDS and key != "extra":

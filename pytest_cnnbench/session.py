@@ -185,6 +185,10 @@ class CnnBenchSession:
         tr.write_sep("=", "cnnbench results")
         tr.write_line(format_environment(self.environment()))
         tr.write_line(self.config.hook.pytest_cnnbench_format_table(config=self.config, results=self.results))
+        from .mlperf.table import format_scenario_table  # MLPerf LoadGen scenarios, under the main table
+        scenario_table = format_scenario_table(self.results)
+        if scenario_table:
+            tr.write_line(scenario_table)
         if self.settings.json_path is not None:
             tr.write_line(f"cnnbench: results written to {self.settings.json_path}")
         if self.written:

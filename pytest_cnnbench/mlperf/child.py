@@ -1,0 +1,252 @@
+"""One LoadGen test in a child process, its SUT served by the parent (which holds the prepared backend).
+
+Why a child: LoadGen's sharp edges, each seen here with mlcommons-loadgen 6.0.17:
+- an exception in the SUT's issue callback propagates out of ``StartTest``, and the interpreter
+  then segfaults at exit;
+- a sample that is never completed makes ``StartTest`` wait forever;
+- a missing output folder silently writes no results (the process aborts later);
+- an ``audit.config`` in the working directory silently overrides the settings;
+- ``FromConfig`` reads mlperf.conf only on its first call in a process.
+So the parent creates the output folder, the child passes an audit-config path that does not
+exist, sets every setting in Python (``settings.py``), completes every sample (with an empty
+response when the backend failed), and the parent waits for it with a deadline and kills it.
+
+Why the parent runs the backend: a child forked after PyTorch ran its intra-op (OpenMP) threads
+hangs in its first parallel region (seen here with torch 2.15 on the CPU), and a spawned child
+would have to rebuild the model and its preparation. So the child runs only LoadGen: its SUT sends
+each query's sample indices over a pipe, the parent's serving thread runs the prepared call on
+those images and sends back the predicted classes, and the child completes the samples. The pipe
+adds to LoadGen's per-query overhead; ``run.measure_overhead`` measures both together with a no-op
+call, and the two timers' agreement check allows for it.
+
+The child is forked (it never touches torch, so the parent's thread pools do not matter to it)
+and imports ``mlperf_loadgen`` itself: the parent never loads LoadGen.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+# Messages, child -> parent: ("q", ids, indices) a query; ("done", info) the test ended; ("fail", text).
+# Parent -> child: ("r", ids, predictions int32 bytes or None, error text or None).
+
+
+def _apply(lg: Any, values: dict[str, Any]) -> Any:
+    settings = lg.TestSettings()
+    for key, value in values.items():
+        if key == "scenario":
+            value = getattr(lg.TestScenario, value)
+        elif key == "mode":
+            value = getattr(lg.TestMode, value)
+        setattr(settings, key, value)
+    return settings
+
+
+def child_main(conn: Any, settings_values: dict[str, Any], total: int, performance: int, out_dir: str) -> None:
+    """The child: run one LoadGen test whose SUT forwards queries to the parent over ``conn``."""
+    try:
+        import numpy as np
+
+        import mlperf_loadgen as lg
+    except Exception as exc:  # pragma: no cover - the parent checks availability first
+        conn.send(("fail", f"cannot import mlperf_loadgen: {exc}"))
+        os._exit(3)
+    send_lock = threading.Lock()
+    outstanding: dict[int, bool] = {}
+    outstanding_lock = threading.Lock()
+    errors: list[str] = []
+    keep: list[Any] = []  # response buffers stay alive until LoadGen copied them
+
+    def send(message: tuple) -> bool:
+        try:
+            with send_lock:
+                conn.send(message)
+            return True
+        except (OSError, EOFError, ValueError):
+            return False
+
+    def complete(ids: list[int], data: Optional[bytes]) -> None:
+        responses = []
+        buffers = []
+        if data:
+            array = np.frombuffer(data, dtype=np.int32)
+            per = max(1, len(array) // max(1, len(ids)))
+            for i, sample_id in enumerate(ids):
+                buf = np.ascontiguousarray(array[i * per:(i + 1) * per])
+                buffers.append(buf)
+                responses.append(lg.QuerySampleResponse(sample_id, buf.ctypes.data, buf.nbytes))
+        else:
+            responses = [lg.QuerySampleResponse(sample_id, 0, 0) for sample_id in ids]
+        with outstanding_lock:
+            for sample_id in ids:
+                outstanding.pop(sample_id, None)
+        keep.append(buffers)
+        lg.QuerySamplesComplete(responses)
+        keep.clear()
+
+    def issue(samples: Any) -> None:
+        # Never raise out of here (LoadGen would abort the test and crash the interpreter at exit).
+        try:
+            ids = [s.id for s in samples]
+            indices = [s.index for s in samples]
+            with outstanding_lock:
+                for sample_id in ids:
+                    outstanding[sample_id] = True
+            if not send(("q", ids, indices)):
+                errors.append("the parent stopped serving queries")
+                complete(ids, None)
+        except Exception as exc:  # pragma: no cover - defensive
+            errors.append(f"issue_query: {type(exc).__name__}: {exc}")
+            try:
+                complete([s.id for s in samples], None)
+            except Exception:
+                pass
+
+    def receive() -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                break
+            if message[0] == "stop":
+                break
+            _, ids, data, error = message
+            if error and len(errors) < 5:
+                errors.append(error)
+            try:
+                complete(ids, data if not error else None)
+            except Exception as exc:  # pragma: no cover
+                errors.append(f"QuerySamplesComplete: {exc}")
+        # The parent is gone or stopped: complete what is left, so StartTest returns.
+        with outstanding_lock:
+            left = list(outstanding)
+        if left:
+            errors.append(f"{len(left)} sample(s) never answered")
+            complete(left, None)
+
+    receiver = threading.Thread(target=receive, name="cnnbench-loadgen-responses", daemon=True)
+    receiver.start()
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    os.chdir(out_dir)  # anything LoadGen writes relative to the working directory lands here
+    settings = _apply(lg, settings_values)
+    sut = lg.ConstructSUT(issue, lambda: None)
+    qsl = lg.ConstructQSL(total, performance, lambda indices: None, lambda indices: None)
+    log_output = lg.LogOutputSettings()
+    log_output.outdir = out_dir
+    log_output.prefix = "mlperf_log_"
+    log_output.copy_summary_to_stdout = False
+    log_settings = lg.LogSettings()
+    log_settings.log_output = log_output
+    log_settings.enable_trace = False
+    no_audit = os.path.join(out_dir, "no-audit.config.absent")  # must not exist: see the module's docstring
+    started = time.perf_counter()
+    lg.StartTestWithLogSettings(sut, qsl, settings, log_settings, no_audit)
+    elapsed = time.perf_counter() - started
+    lg.DestroyQSL(qsl)
+    lg.DestroySUT(sut)
+    send(("done", {"errors": errors, "wall_s": elapsed}))
+    try:
+        conn.close()
+    except OSError:
+        pass
+    os._exit(0)  # no interpreter teardown: nothing of the parent's (torch, pytest) runs again here
+
+
+class Served:
+    """What the parent's serving thread saw: queries, samples, the backend's first errors."""
+
+    def __init__(self) -> None:
+        self.queries = 0
+        self.samples = 0
+        self.errors: list[str] = []
+        self.busy_since: Optional[float] = None  # inside the backend call since (None: not in one)
+        self.service_s: list[float] = []  # per query: seconds inside ``predict`` (the parent's share of the latency)
+
+
+def _serve(conn: Any, predict: Callable[[list[int]], bytes], served: Served) -> None:
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message[0] != "q":
+            served.final = message  # type: ignore[attr-defined]
+            return
+        _, ids, indices = message
+        served.queries += 1
+        served.samples += len(ids)
+        served.busy_since = time.monotonic()
+        try:
+            data, error = predict(indices), None
+        except BaseException as exc:  # the backend failed: answer (empty) anyway, keep its message
+            data, error = None, f"{type(exc).__name__}: {exc}".strip()
+            if len(served.errors) < 5:
+                served.errors.append(error)
+        served.service_s.append(time.monotonic() - served.busy_since)
+        served.busy_since = None
+        try:
+            conn.send(("r", ids, data, error))
+        except (OSError, ValueError, BrokenPipeError):
+            return
+
+
+class ChildResult:
+    def __init__(self, ok: bool, message: str = "", info: Optional[dict[str, Any]] = None, served: Optional[Served] = None,
+                 stuck: bool = False) -> None:
+        self.ok = ok
+        self.message = message
+        self.info = info or {}
+        self.served = served or Served()
+        self.stuck = stuck  # the backend call never returned: nothing more can run on it
+
+
+def run_test(predict: Callable[[list[int]], bytes], settings_values: dict[str, Any], total: int, performance: int,
+             out_dir: Path, timeout_s: float) -> ChildResult:
+    """Run one LoadGen test in a forked child; serve its queries here with ``predict(indices) -> int32 bytes``.
+
+    Never raises for what the SUT or LoadGen do: a backend error, a crash of the child, or a test past
+    ``timeout_s`` (the child is killed) is a ``ChildResult`` with ``ok=False`` and a message."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = multiprocessing.get_context("fork")
+    parent_conn, child_conn = ctx.Pipe(duplex=True)
+    process = ctx.Process(target=child_main, args=(child_conn, settings_values, total, performance, str(out_dir)),
+                          name="cnnbench-loadgen", daemon=True)
+    process.start()
+    child_conn.close()
+    served = Served()
+    server = threading.Thread(target=_serve, args=(parent_conn, predict, served), name="cnnbench-loadgen-sut",
+                              daemon=True)
+    server.start()
+    deadline = time.monotonic() + timeout_s
+    process.join(max(0.0, deadline - time.monotonic()))
+    if process.is_alive():
+        process.kill()
+        process.join(5)
+        stuck = served.busy_since is not None
+        parent_conn.close()
+        what = ("the backend's call never returned" if stuck else "LoadGen did not finish")
+        return ChildResult(False, f"LoadGen {settings_values['scenario']} test killed after {timeout_s:.0f} s: {what}",
+                           served=served, stuck=stuck)
+    server.join(5)
+    final = getattr(served, "final", None)
+    parent_conn.close()
+    if final is None or final[0] != "done":
+        detail = final[1] if final is not None else f"exit code {process.exitcode}"
+        return ChildResult(False, f"LoadGen {settings_values['scenario']} test crashed ({detail})", served=served)
+    info = final[1]
+    if served.errors:
+        return ChildResult(False, f"the backend raised inside the SUT: {served.errors[0]}", info, served)
+    if info.get("errors"):
+        return ChildResult(False, f"LoadGen {settings_values['scenario']} test: {info['errors'][0]}", info, served)
+    return ChildResult(True, "", info, served)
+
+
+def format_exception(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()

@@ -1,0 +1,276 @@
+"""``run_scenarios``: every selected LoadGen scenario for one cell, plus LoadGen's accuracy pass.
+
+Called by the runner after the cell's own timing, with the prepared backend still open.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from . import unavailable_reason
+from .child import ChildResult, run_test
+from .log import ACCURACY, LogError, read_detail, summarize
+from .settings import ScenarioOptions, latency_bound_ms, loadgen_settings, timeout_for
+
+_OVERHEAD: dict[str, Any] = {}  # measured once per process: see ``measure_overhead``
+OVERHEAD_SECONDS = 1.0
+
+
+def _predictor(call: Callable[[Any], Any], images: Any, batch_size: int) -> Callable[[list[int]], bytes]:
+    """``indices -> predicted classes as int32 bytes``, running ``call`` in batches of ``batch_size``.
+    Runs in the parent's serving thread, under torch.inference_mode (it is per thread)."""
+    import numpy as np
+    import torch
+
+    def predict(indices: list[int]) -> bytes:
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start:start + batch_size]
+                if len(chunk) == 1:
+                    batch = images[chunk[0]:chunk[0] + 1]
+                else:
+                    batch = images[torch.as_tensor(chunk)]
+                logits = call(batch)
+                out.append(torch.as_tensor(logits).reshape(len(chunk), -1).argmax(dim=1).to(torch.int32).cpu().numpy())
+        return np.concatenate(out).astype(np.int32).tobytes()
+
+    return predict
+
+
+def _noop_call(batch: Any) -> Any:
+    import torch
+
+    return torch.zeros(len(batch), 1)
+
+
+# A p90 from one cell's timing is known less well than its p50 (its stated spread); between the two
+# runs the machine's pace also moves. The agreement check allows at least this fraction of the p90.
+P90_SPREAD_FLOOR = 0.10
+
+
+def measure_overhead(out_dir: Path, options: ScenarioOptions) -> dict[str, Any]:
+    """LoadGen's per-sample overhead here, as the cells see it: a SingleStream run whose SUT's call is a
+    no-op (answered in the parent through the same pipe, slicing and argmax as for a cell).
+    Measured once per process."""
+    if _OVERHEAD:
+        return _OVERHEAD
+    short = ScenarioOptions(seconds=OVERHEAD_SECONDS)
+    values = loadgen_settings("single-stream", short, {"p50_s": 50e-6, "batch_size": 1}, samples=64)
+    values["min_query_count"] = 256
+    folder = Path(out_dir) / "overhead"
+    import torch
+
+    result = run_test(_predictor(_noop_call, torch.zeros(64, 1), 1), values, 64, 64, folder, 60.0)
+    record: dict[str, Any] = {"log_dir": str(folder)}
+    if result.ok:
+        try:
+            records = read_detail(folder)
+            record.update(p50_ms=float(records["result_50.00_percentile_latency_ns"]) / 1e6,
+                          p90_ms=float(records["result_90.00_percentile_latency_ns"]) / 1e6,
+                          mean_ms=float(records["result_mean_latency_ns"]) / 1e6,
+                          queries=int(records["result_query_count"]))
+        except (LogError, KeyError, ValueError) as exc:
+            record["error"] = str(exc)
+    else:
+        record["error"] = result.message
+    _OVERHEAD.update(record)
+    return _OVERHEAD
+
+
+def _run_one(scenario: str, predict: Callable[[list[int]], bytes], values: dict[str, Any], total: int, hints: dict[str, Any],
+             folder: Path, options: ScenarioOptions) -> tuple[ChildResult, Optional[dict[str, Any]], Optional[str]]:
+    performance = values["performance_sample_count_override"] or total
+    result = run_test(predict, values, total, performance, folder, timeout_for(values, hints, total, options))
+    if not result.ok:
+        return result, None, result.message
+    try:
+        entry = summarize(scenario, read_detail(folder))
+    except LogError as exc:
+        return result, None, str(exc)
+    if entry.get("duration_s") is None:
+        entry["duration_s"] = round(float(result.info.get("wall_s", 0.0)), 3)
+    service = sorted(result.served.service_s)
+    if service:  # the parent's share: the backend call and its argmax, as LoadGen's queries saw them
+        entry["sut_p90_ms"] = round(service[min(len(service) - 1, int(0.9 * len(service)))] * 1000.0, 4)
+    entry["submission_length"] = bool(options.official)
+    entry["log_dir"] = str(folder)
+    return result, entry, None
+
+
+def _server(predict: Callable[[list[int]], bytes], total: int, hints: dict[str, Any], out_dir: Path,
+            options: ScenarioOptions, bound_ms: float) -> tuple[Optional[dict[str, Any]], Optional[str], bool]:
+    """The server scenario at --cnn-server-qps, or the highest rate that is VALID under the bound,
+    by a bounded bisection between 0 and the cell's single-worker capacity (1 / (p50 + overhead), x1.2).
+    Returns (entry, error, stuck)."""
+    # Server queries are single samples, served one at a time: a call at the cell's batch size bounds
+    # one sample's time from above; LoadGen's and the pipe's overhead adds to each.
+    per_sample = max(float(hints.get("p50_s") or 1e-3), 1e-6) + float(hints.get("overhead_s") or 0.0)
+    if options.server_qps is not None:
+        rates = [options.server_qps]
+    else:
+        rates = []
+    tried: list[dict[str, Any]] = []
+    low, high = 0.0, 1.2 / per_sample
+    best: Optional[dict[str, Any]] = None
+    steps = 1 if rates else max(1, options.server_search_steps)
+    own_p90_ms = float(hints.get("p90_s") or 0.0) * 1000.0
+    if not rates and own_p90_ms > bound_ms:
+        # One call already takes longer than the bound: no rate can meet it, and each lower rate tried
+        # would take longer (459 queries at least). One run at half the capacity records LoadGen's verdict.
+        steps = 1
+    for step in range(steps):
+        qps = rates[0] if rates else (0.5 / per_sample if step == 0 else (low + high) / 2)
+        qps = float(f"{qps:.4g}")
+        values = loadgen_settings("server", options, hints, server_qps=qps, latency_ms=bound_ms, samples=total)
+        folder = out_dir / (f"server-{qps:g}qps" if not rates else "server")
+        result, entry, error = _run_one("server", predict, values, total, hints, folder, options)
+        if error is not None:
+            return None, error, result.stuck
+        assert entry is not None
+        entry["target_qps"] = qps
+        entry["latency_bound_ms"] = bound_ms
+        tried.append({"target_qps": qps, "loadgen": entry["loadgen"], "p99_ms": entry["p99_ms"]})
+        valid = entry["loadgen"] == "VALID"
+        if valid:
+            low = qps
+        else:
+            high = qps
+        # The highest VALID rate; while none is VALID, the lowest rate tried.
+        if (best is None or (valid and (best["loadgen"] != "VALID" or qps > best["target_qps"]))
+                or (not valid and best["loadgen"] != "VALID" and qps < best["target_qps"])):
+            best = entry
+    assert best is not None
+    best["search"] = None if rates else {"tried": tried, "steps": steps,
+                                         "note": ("one call's p90 exceeds the bound: not searched further"
+                                                  if steps == 1 and options.server_search_steps > 1 else None)}
+    return best, None, False
+
+
+def run_scenarios(call: Callable[[Any], Any], images: Any, labels: Any, batch_size: int, scenarios: Sequence[str],
+                  options: ScenarioOptions, out_dir: Path, hints: dict[str, Any]) -> dict[str, Any]:
+    """Run ``scenarios`` (names from ``SCENARIOS``) on one cell through LoadGen, then LoadGen's accuracy pass.
+
+    ``call(batch) -> logits`` is the cell's prepared backend; ``images`` its preprocessed dataset (the
+    QSL, staged in memory), ``labels`` their classes (or None). ``hints``: ``p50_s``/``p90_s`` the
+    cell's own latency per call at ``batch_size`` (seconds), ``spread`` its stated relative spread,
+    ``top1`` the plugin's top-1 on the same images (None: not checked), ``model`` the model's name
+    (for mlperf.conf's server bound). LoadGen logs go to ``out_dir/<scenario>/`` (emptied first).
+
+    Returns ``{"scenarios": {name: entry}, "accuracy": {...}, "overhead": {...}, "failures": [...],
+    "skip": reason or None, "notes": [...]}``. Never raises for the backend's or LoadGen's failures:
+    they are ``failures`` (the cell fails with them) and the scenario's entry has ``error``."""
+    out: dict[str, Any] = {"scenarios": {}, "accuracy": None, "overhead": None, "failures": [], "skip": None, "notes": []}
+    if not scenarios:
+        return out
+    from .. import mlperf as package  # looked up now: a conftest may stand in for a missing LoadGen
+
+    if not package.available():
+        out["skip"] = unavailable_reason()
+        return out
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # logs of an earlier run of this cell would mislead
+    out_dir.mkdir(parents=True)
+    hints = {**hints, "batch_size": batch_size}
+    total = int(len(images))
+    predict = _predictor(call, images, batch_size)
+    overhead = out["overhead"] = dict(measure_overhead(out_dir.parent, options))
+    hints["overhead_s"] = float(overhead.get("p50_ms") or 0.0) / 1000.0
+    stuck = False
+    for scenario in scenarios:
+        if stuck:
+            out["scenarios"][scenario] = {"error": "not run: the backend's call never returned in an earlier test"}
+            continue
+        folder = out_dir / scenario
+        if scenario == "server":
+            bound = latency_bound_ms(options, str(hints.get("model") or ""))
+            if bound is None:
+                reason = (f"no latency bound for model {hints.get('model')!r} (mlperf.conf has one for resnet50 only); "
+                          "give --cnn-server-latency-ms")
+                out["scenarios"][scenario] = {"skipped": reason}
+                out["notes"].append(f"server: skipped: {reason}")
+                continue
+            entry, error, stuck = _server(predict, total, hints, out_dir, options, bound)
+        else:
+            values = loadgen_settings(scenario, options, hints, samples=total)
+            result, entry, error = _run_one(scenario, predict, values, total, hints, folder, options)
+            stuck = result.stuck
+        if error is not None:
+            out["scenarios"][scenario] = {"error": error, "log_dir": str(folder)}
+            out["failures"].append(f"{scenario}: {error}")
+            continue
+        assert entry is not None
+        out["scenarios"][scenario] = entry
+        if scenario == "single-stream":
+            _check_p90(entry, hints, overhead, batch_size, out)
+    if not stuck and labels is not None and hints.get("top1") is not None:
+        _accuracy(predict, labels, total, hints, out_dir / "accuracy", options, out)
+    return out
+
+
+def _check_p90(entry: dict[str, Any], hints: dict[str, Any], overhead: dict[str, Any], batch_size: int,
+               out: dict[str, Any]) -> None:
+    """Two independent timers: LoadGen's SingleStream p90 and the plugin's own p90 may differ by no more
+    than the plugin's stated spread plus LoadGen's measured per-sample overhead."""
+    plugin_p90 = hints.get("p90_s")
+    if plugin_p90 is None or batch_size != 1:
+        entry["p90_agreement"] = None
+        if batch_size != 1:
+            out["notes"].append(f"single-stream p90 not compared: the plugin timed batches of {batch_size}, "
+                                "LoadGen single samples")
+        return
+    plugin_ms = float(plugin_p90) * 1000.0
+    stated = float(hints.get("spread") or 0.0)
+    spread = max(stated, P90_SPREAD_FLOOR)
+    overhead_ms = float(overhead.get("p90_ms") or 0.0)
+    allowed = spread * plugin_ms + overhead_ms
+    diff = entry["p90_ms"] - plugin_ms
+    entry["p90_agreement"] = {"plugin_p90_ms": round(plugin_ms, 4), "difference_ms": round(diff, 4),
+                              "allowed_ms": round(allowed, 4), "spread": spread, "stated_spread": stated,
+                              "overhead_ms": overhead_ms, "sut_p90_ms": entry.get("sut_p90_ms")}
+    if abs(diff) > allowed:
+        out["failures"].append(
+            f"single-stream: LoadGen's p90 {entry['p90_ms']:.3f} ms and the plugin's p90 {plugin_ms:.3f} ms differ by "
+            f"{diff:+.3f} ms, more than the spread ±{spread:.1%} (stated ±{stated:.1%}, at least ±{P90_SPREAD_FLOOR:.0%}) "
+            f"plus LoadGen's overhead {overhead_ms:.3f} ms (allowed ±{allowed:.3f} ms; the backend's call inside LoadGen's "
+            f"run: p90 {entry.get('sut_p90_ms')} ms): a bug in one of the two timers, or the call runs slower between "
+            "LoadGen's queries than back to back")
+
+
+def _accuracy(predict: Callable[[list[int]], bytes], labels: Any, total: int, hints: dict[str, Any], folder: Path,
+              options: ScenarioOptions, out: dict[str, Any]) -> None:
+    from .accuracy import AccuracyLogError, top1_from_log
+
+    values = loadgen_settings("offline", options, hints, accuracy=True, samples=total)
+    result = run_test(predict, values, total, values["performance_sample_count_override"] or total, folder,
+                      timeout_for(values, hints, total, options))
+    if not result.ok:
+        out["accuracy"] = {"error": result.message, "log_dir": str(folder)}
+        out["failures"].append(f"accuracy: {result.message}")
+        return
+    try:
+        acc = top1_from_log(folder / ACCURACY, [int(x) for x in labels])
+    except AccuracyLogError as exc:
+        out["accuracy"] = {"error": str(exc), "log_dir": str(folder)}
+        out["failures"].append(f"accuracy: {exc}")
+        return
+    plugin = float(hints["top1"])
+    out["accuracy"] = {**acc.as_dict(), "plugin_top1": plugin, "log_dir": str(folder)}
+    if acc.total != total:
+        out["failures"].append(f"accuracy: LoadGen's accuracy log covers {acc.total} of the {total} samples")
+    elif not math.isclose(acc.top1, plugin, rel_tol=0, abs_tol=0.5 / total):
+        out["failures"].append(f"accuracy: LoadGen's top-1 {acc.top1:.4%} ({acc.good}/{acc.total}) differs from the "
+                               f"plugin's {plugin:.4%} on the same {total} samples")
+
+
+
+def record_into(result: dict[str, Any], record: dict[str, Any]) -> None:
+    """Put what ``run_scenarios`` returned into a cell's result dict: ``scenarios`` (name -> entry, the
+    JSON's shape) and ``loadgen`` (LoadGen's accuracy pass, the measured overhead, skip, failures, notes)."""
+    result["scenarios"] = record["scenarios"] or None
+    result["loadgen"] = {k: record[k] for k in ("accuracy", "overhead", "skip", "failures", "notes")}

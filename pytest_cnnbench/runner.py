@@ -362,9 +362,7 @@ class CellRunner:
         load = monitor.finish()
         load.pace = self._pace(timing.pace)
         load.pace_probe_us = statistics.median(timing.pace) * 1e6 if timing.pace else None
-        session = machine.PACE.session()
-        cell = statistics.median(timing.pace) if timing.pace else None
-        return timing, load, machine.disturbance(load.as_dict(), cell, session)
+        return timing, load, machine.disturbance(load.as_dict())
 
     def _speedup(self, paired: tuple[float, float, int], reference: str, parts: tuple, remember: bool) -> Speedup:
         """The paired speedup with its interval: within this session (chunk by chunk) and between

@@ -24,6 +24,14 @@ def shared_data_root() -> Path | None:
 FAST = ["--cnn-warmup=2", "--cnn-min-rounds=5", "--cnn-max-time=0.05", "-p", "no:cacheprovider"]
 
 
+@pytest.fixture(autouse=True)
+def _runs_as_a_user_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pytester run is a user's own pytest, even when these tests run under pytest-xdist: it must
+    not inherit this worker's identity (pytest-benchmark, progress and the session id read it)."""
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def tiny_project(pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory) -> pytest.Pytester:
     """A project with the tiny model/backend conftest and a one-test suite, and its own cache."""

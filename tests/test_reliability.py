@@ -227,7 +227,7 @@ def test_finished_cells_survive_interrupt_and_crash(tiny_project, sig):
 
 
 # -- pytest-xdist ---------------------------------------------------------------------------
-def test_xdist_results_reach_table_and_json_with_a_timing_warning(tiny_project):
+def test_xdist_results_reach_table_and_json_every_cell_timed(tiny_project):
     out = tiny_project.path / "out.json"
     result = run(tiny_project, "-n", "2", "--cnn-backend=eager,torchscript,ort,trt", "--cnn-batch-size=1,2", f"--cnn-json={out}")
     result.assert_outcomes(passed=6, skipped=2)
@@ -236,7 +236,9 @@ def test_xdist_results_reach_table_and_json_with_a_timing_warning(tiny_project):
     assert {(r["backend"], r["batch_size"]) for r in rows if r["status"] == "passed"} == {
         (b, n) for b in ("eager", "torchscript", "ort") for n in (1, 2)}
     assert sum(line.startswith("tiny ") for line in result.outlines) == 8
-    assert "timing under pytest-xdist (-n 2) on the CPU is distorted" in result.stdout.str()
+    # Timed by the harness, not by pytest-benchmark (which turns itself off under xdist).
+    assert all(r["latency_ms"]["p50"] > 0 for r in rows if r["status"] == "passed")
+    assert "timing under pytest-xdist" not in result.stdout.str()  # timed sections are serialized: no such warning
 
 
 # -- resource hygiene ------------------------------------------------------------------------

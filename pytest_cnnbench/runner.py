@@ -28,7 +28,8 @@ from .backends.base import PrepareContext, Prepared
 from .core import CellSkip, CellSpec
 from .memory import HostMemory, current_rss_mb
 from .models.fixture_model import FixtureModelError, check_fixture_model  # noqa: F401  (re-exported for plugin.py)
-from .stats import SESSION_HISTORY, UNSTABLE_CI, LatencyStats, Speedup, at_usual_pace, pace_spread, session_spread
+from .stats import (SESSION_HISTORY, UNSTABLE_CI, LatencyStats, Speedup, at_usual_pace, own_spread, pace_spread,
+                    session_spread)
 from .timing import Companion, Timing, TimingRules, hand_to_benchmark, time_cell
 from .workbench import ACCURACY_BATCH, CellModel, Workbench, accuracy_batch, device_name
 
@@ -41,14 +42,14 @@ REFERENCE = "reference"  # the companion name of the eager reference a cell's sp
 EAGER_LACKS = {("cpu", "fp16"), ("cpu", "int8"), ("cuda", "int8")}
 
 
-def remeasure_reason(stats: LatencyStats, disturbed: Optional[str]) -> Optional[str]:
+def remeasure_reason(stats: LatencyStats, disturbed: Optional[str], probe_within: Optional[float] = None) -> Optional[str]:
     """Why a cell is measured a second time, or None: its own calls spread too wide, or something
     disturbed it (another process, a slow stretch beyond the session's). A whole session off its
     usual pace is not a reason: measuring again inside it would only repeat it."""
     if disturbed:
         return disturbed
     within = stats.ci95_within if stats.ci95_within is not None else stats.ci95_rel
-    if within > UNSTABLE_CI:
+    if own_spread(within, probe_within):
         return f"its calls spread ±{within:.1%} (> {UNSTABLE_CI:.0%})"
     return None
 
@@ -311,7 +312,7 @@ class CellRunner:
         beside = " beside eager" if REFERENCE in companions else ""
         progress.update(f"timing (batch {self.spec.batch_size}{beside})")
         timing, load, disturbed = self._timed_once(prepared, batch, rules, companions)
-        why = remeasure_reason(timing.stats, disturbed)
+        why = remeasure_reason(timing.stats, disturbed, self._beside_within(timing))
         remeasured = None
         if why:
             threads = result.threads
@@ -338,7 +339,8 @@ class CellRunner:
         parts = (*self._choice_parts(), result.threads, result.provider)
         earlier = tuning.earlier_p50s(self.bench.cache, parts)
         stats = timing.stats.with_sessions(session_spread(earlier), len(earlier), rules.target_ci,
-                                           pace_spread(load.pace, machine.PACE_TOLERANCE), disturbed)
+                                           pace_spread(load.pace, machine.PACE_TOLERANCE), disturbed,
+                                           probe_within=self._beside_within(timing))
         stats.remeasured = remeasured
         if REFERENCE in timing.paired and self.reference_label:
             # Drift cancels out of a ratio, so any undisturbed session's speedup joins its history.
@@ -352,6 +354,19 @@ class CellRunner:
                                                          "stable": stats.stable, "pace": load.pace,
                                                          "others_cpu": result.machine["others_cpu"]}, SESSION_HISTORY)
         return stats, prepared
+
+    @staticmethod
+    def _beside_within(timing: Timing) -> Optional[float]:
+        """How far the host alone would explain the cell's spread, as ``stats.own_spread`` reads it:
+        where the cell has an eager reference, the host's drift cancels out of their paired ratio, so
+        a ratio that spreads as much as the cell means the spread is the cell's own (returned as a
+        steady companion: 0); a tight ratio means the host moved both (returned as the cell's own
+        spread). Without a reference, the pace probe's spread."""
+        paired = timing.paired.get(REFERENCE)
+        within = timing.stats.ci95_within or 0.0
+        if paired is not None and math.isfinite(paired[1]):
+            return 0.0 if paired[1] >= within / 2 else within
+        return timing.probe_within
 
     def _timed_once(self, prepared: Prepared, batch: torch.Tensor, rules: TimingRules,
                     companions: dict[str, Companion]) -> tuple[Timing, Any, Optional[str]]:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional
 
 from . import progress
 from .machine import pace_probe
-from .stats import LatencyStats, latency_stats, median_ci, paired_ratio, paired_speedup
+from .stats import LatencyStats, block_bootstrap_ci, latency_stats, median_ci, paired_ratio, paired_speedup
 
 PILOT_CALLS = 30
 BLOCKS = 20  # timed blocks per cell (19 degrees of freedom for the between-block spread)
@@ -39,6 +39,8 @@ MIN_BLOCK_CALLS = 3  # fewer calls than this per block: one block, order statist
 REWARM_S = 0.002  # untimed calls after each pause: at least one, or about this long
 GAP_JITTER = (0.5, 1.5)  # pauses vary by this factor, so blocks do not lock onto a periodic neighbour
 CHUNK_S = 0.003  # the pace probe and companions run before each chunk of about this long (or one call)
+MIN_CHUNKS_PER_BLOCK = 5  # fast calls: chunks shorter than CHUNK_S rather than fewer than this per block
+PAIRED_MIN_ROUNDS = 120  # a cell timed beside a reference: enough chunk pairs for a speedup within a few %
 
 
 def timed(call: Callable[[], Any]) -> float:
@@ -147,7 +149,8 @@ class BlockSchedule:
         self.on_block = on_block
         self.rng = random.Random(seed)
         self.index = 0
-        self.chunk = max(1, min(plan.block_size, math.ceil(CHUNK_S / plan.per_call_s)))
+        # At least MIN_CHUNKS_PER_BLOCK chunks a block: the paired ratio rests on the chunks.
+        self.chunk = max(1, min(plan.block_size // MIN_CHUNKS_PER_BLOCK or 1, math.ceil(CHUNK_S / plan.per_call_s)))
         self.switch_rewarm = 1 if plan.per_call_s < 0.005 else 0
         self.torch = _torch_threads() if any(c.threads for c in self.companions.values()) else None
 
@@ -207,11 +210,14 @@ class Timing:
     # the 95% relative half-width within this session; chunks). See ``stats.paired_speedup``.
     paired: dict[str, tuple[float, float, int]] = dataclasses.field(default_factory=dict)
     pace: list[float] = dataclasses.field(default_factory=list)  # the pace probe before each chunk, seconds
+    probe_within: Optional[float] = None  # the pace probe's own within-session spread (as the cell's, by blocks)
 
 
 def time_cell(call: Callable[[], Any], rules: TimingRules, companions: Optional[dict[str, Companion]] = None,
               on_block: Optional[Callable[[], None]] = None) -> Timing:
     """Plan and run the timed loop of ``call`` (with its companions), and summarize it."""
+    if companions:
+        rules = dataclasses.replace(rules, min_rounds=max(rules.min_rounds, PAIRED_MIN_ROUNDS))
     plan = plan_timing(call, rules)
     schedule = BlockSchedule(call, plan, companions, on_block)
     seconds: list[float] = []
@@ -235,7 +241,10 @@ def time_cell(call: Callable[[], Any], rules: TimingRules, companions: Optional[
             found = paired_speedup(seconds, times, chunks)
             if found is not None:
                 paired[name] = found
-    return Timing(stats, plan, seconds, window, out, paired, list(schedule.pace))
+    probes = list(schedule.pace)
+    per_block = len(probes) // plan.blocks if plan.blocks >= 3 else 0
+    probe_within = block_bootstrap_ci(probes[: per_block * plan.blocks], plan.blocks) if per_block else None
+    return Timing(stats, plan, seconds, window, out, paired, probes, probe_within)
 
 
 def hand_to_benchmark(benchmark: Any, seconds: list[float]) -> bool:

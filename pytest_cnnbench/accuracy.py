@@ -19,9 +19,9 @@ class Accuracy:
 
 
 def evaluate(run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-             num_classes: Optional[int] = None, on_batch: Optional[Callable[[int, int], None]] = None) -> Accuracy:
+             num_classes: Optional[int] = None) -> Accuracy:
     """Run every sample through ``run`` in large batches; top-1/top-5 as fractions.
-    ``on_batch(done, total)`` after each batch (progress)."""
+    Progress advances after each batch."""
     chunks = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
@@ -31,8 +31,6 @@ def evaluate(run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, 
             raise RuntimeError(f"backend returned logits of shape {tuple(out.shape)} for {len(batch)} samples; expected {expected}")
         chunks.append(out.float())
         progress.update(done=start + len(batch), total=len(images), detail="images")
-        if on_batch is not None:
-            on_batch(start + len(batch), len(images))
     logits = torch.cat(chunks)
     return accuracy_from_logits(logits, labels)
 

@@ -92,12 +92,10 @@ def _speedup(entry: Optional[dict[str, Any]], r: dict[str, Any]) -> str:
 
 def session_verdict(results: list[dict[str, Any]]) -> Optional[str]:
     """One line for the whole session when it ran off the machine's usual pace, else None."""
-    paces = [(r.get("machine") or {}).get("pace") for r in results if r.get("latency_ms")]
-    paces = [p for p in paces if p]
-    if not paces:
-        return None
-    pace = statistics.median(paces)
-    if abs(pace - 1) <= PACE_TOLERANCE:
+    from .stats import session_pace
+
+    pace = session_pace([(r.get("machine") or {}).get("pace") for r in results if r.get("latency_ms")])
+    if pace is None or abs(pace - 1) <= PACE_TOLERANCE:
         return None
     probes = [((r.get("machine") or {}).get("pace_probe_us"), (r.get("machine") or {}).get("pace")) for r in results]
     usual = [us / p for us, p in probes if us and p]

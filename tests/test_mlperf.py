@@ -88,7 +88,7 @@ def test_scenario_table_formats_verdicts_errors_and_skips():
                                "server": {"skipped": "no latency bound; give --cnn-server-latency-ms"}},
          "loadgen": {"accuracy": {"top1": 0.5, "plugin_top1": 0.5, "total": 10}, "overhead": {"p50_ms": 0.03, "p90_ms": 0.05}}},
         {**base, "backend": "f", "scenarios": {"single-stream": {
-            "p90_ms": 0.5, "loadgen": "VALID", "p90_agreement": {"plugin_p90_ms": 0.2, "difference_ms": 0.3, "allowed_ms": 0.1}}}},
+            "p90_ms": 0.5, "loadgen": "VALID", "p90_agreement": {"sut_p90_ms": 0.2, "difference_ms": 0.3, "allowed_ms": [-0.02, 0.1], "agrees": False}}}},
         {**base, "backend": "c", "scenarios": {"single-stream": {"error": "the backend raised inside the SUT: boom"}},
          "loadgen": {}},
         {**base, "backend": "d", "scenarios": None, "loadgen": {"skip": "needs mlcommons-loadgen"}},
@@ -98,9 +98,33 @@ def test_scenario_table_formats_verdicts_errors_and_skips():
     assert "1.250 ms [VALID, short run]" in text and "ERROR: the backend raised inside the SUT: boom" in text
     assert "skipped: no latency bound" in text and "needs mlcommons-loadgen" in text and "50.00% = 50.00%" in text
     assert "not submission length" in text and "p90 50 µs" in text
-    assert "0.500 ms [VALID, short run] != plugin's 0.200 ms" in text
+    assert "0.500 ms [VALID, short run] != harness's 0.200 ms" in text
     assert " e " not in text  # a row without scenarios is not in this table
     assert format_scenario_table([{**base}]) == ""
+
+
+def test_two_timer_check_fails_outside_spread_plus_overhead_and_below_the_call():
+    from pytest_cnnbench.mlperf.run import _check_p90
+
+    hints = {"p90_s": 0.0002, "serving_p90_s": 0.00025, "spread": 0.05}
+    overhead = {"p90_ms": 0.2}
+
+    def check(loadgen_p90_ms, inside_ms=1.0):
+        entry, out = {"p90_ms": loadgen_p90_ms, "sut_p90_ms": inside_ms}, {"failures": [], "notes": []}
+        _check_p90(entry, hints, overhead, 1, out)
+        return entry["p90_agreement"], out["failures"]
+
+    # Allowed: 10% (the floor over the stated 5%) of the call's 1 ms below, that plus the 0.2 ms overhead above.
+    for inside_loadgen, agrees in ((1.0, True), (1.29, True), (0.91, True), (1.31, False), (0.89, False)):
+        agreement, failures = check(inside_loadgen)
+        assert agreement["agrees"] is agrees and bool(failures) is not agrees, (inside_loadgen, agreement, failures)
+    agreement, failures = check(2.0)
+    assert "a bug in one of the two timers" in failures[0] and agreement["plugin_p90_ms"] == 0.2
+    assert agreement["serving_p90_ms"] == 0.25
+    # Batches of 8 in the cell's timing: nothing to compare with, and a note says so.
+    entry, out = {"p90_ms": 1.0, "sut_p90_ms": 1.0}, {"failures": [], "notes": []}
+    _check_p90(entry, hints, overhead, 8, out)
+    assert entry["p90_agreement"] is None and not out["failures"] and "batches of 8" in out["notes"][0]
 
 
 def test_importing_the_plugin_loads_no_heavy_module():

@@ -44,8 +44,8 @@ def cell_text(scenario: str, entry: Optional[dict[str, Any]]) -> str:
                  f"p99 {_ms(entry.get('p99_ms'))} (<= {entry.get('latency_bound_ms'):g} ms)")
     text = f"{value} [{_verdict(entry)}]"
     agreement = entry.get("p90_agreement") if scenario == "single-stream" else None
-    if agreement and abs(agreement["difference_ms"]) > agreement["allowed_ms"]:
-        text += f" != plugin's {_ms(agreement['plugin_p90_ms'])}"
+    if agreement and agreement.get("agrees") is False:
+        text += f" != harness's {_ms(agreement['sut_p90_ms'])}"
     return text
 
 

@@ -99,6 +99,14 @@ class ArtifactCache:
     def _sidecar(self, path: Path) -> Path:
         return path.with_name(path.name + ".sha256")
 
+    def content_id(self, path: Path) -> str:
+        """A published entry's identity: its kind, its key and its bytes' checksum (16 hex digits)."""
+        try:
+            digest = self._sidecar(path).read_text().strip()[:16]
+        except FileNotFoundError:
+            digest = sha256_file(path)[:16]
+        return f"{path.parent.name}/{path.stem} sha256:{digest}"
+
     # -- locking ---------------------------------------------------------------------------
     def _lock_file(self, path: Path) -> Path:
         # Apart from the artifacts, so listing a kind's folder shows artifacts and checksums only.

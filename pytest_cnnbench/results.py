@@ -95,6 +95,7 @@ class CellResult:
     accuracy_asserted: Optional[bool] = None  # False: accuracy means nothing here (the notes say why), nothing asserted
     notes: list[str] = dataclasses.field(default_factory=list)  # findings a suite adds with cnnbench.note()
     reference_cached: Optional[bool] = None  # eager logits read from the disk cache
+    accuracy_cached: Optional[bool] = None  # this backend's logits read from the disk cache (None: never cached)
     status: Optional[str] = None
     reason: Optional[str] = None
     test: Optional[str] = None

@@ -496,17 +496,16 @@ class CellRunner:
                   images: torch.Tensor, labels: torch.Tensor, content_id: str, reference: torch.Tensor) -> None:
         spec, bench, model = self.spec, self.bench, self.model
         acc_key = (model.key, content_id, spec.backend, self.device, spec.precision)
-        acc = bench.accuracy.get(acc_key)
-        if acc is None:
+        if acc_key not in bench.accuracy:
             if spec.backend == "eager" and spec.precision == "fp32":
                 # Eager fp32 is the reference itself, which is kept on disk: a warm run does not
                 # repeat this pass (``reference_cached`` in the result says so).
-                acc = accuracy_from_logits(reference, labels)
+                bench.accuracy[acc_key] = (accuracy_from_logits(reference, labels),
+                                           bench.reference_from_disk(model, content_id, self.device))
             else:
-                progress.update(f"accuracy pass ({spec.backend} {spec.precision}, every core)", 0, len(labels), "images")
-                acc = self._evaluate_on_all_cores(prepared, module, ctx, images, labels)
-            bench.accuracy[acc_key] = acc
-        result.set(samples=acc.samples, top1=acc.top1, top5=acc.top5)
+                bench.accuracy[acc_key] = self._backend_accuracy(prepared, module, ctx, images, labels, content_id)
+        acc, from_disk = bench.accuracy[acc_key]
+        result.set(samples=acc.samples, top1=acc.top1, top5=acc.top5, accuracy_cached=from_disk)
         reference_acc = accuracy_from_logits(reference, labels)
         self.reference_top1 = reference_acc.top1
         result.reference_cached = bench.reference_from_disk(model, content_id, self.device)
@@ -517,6 +516,22 @@ class CellRunner:
         # The accuracy cost of this row (precision, backend) in points against eager fp32 on the same images.
         result.delta_top1_pp = _points(acc.top1, reference_acc.top1)
         result.delta_top5_pp = _points(acc.top5, reference_acc.top5)
+
+    def _backend_accuracy(self, prepared: Prepared, module: torch.nn.Module, ctx: PrepareContext,
+                          images: torch.Tensor, labels: torch.Tensor, content_id: str) -> tuple[Any, Optional[bool]]:
+        """The backend's accuracy pass and whether it came from disk (None: not cacheable). Its logits
+        are cached where the backend names what runs (``artifact_id``), so a warm run skips the pass."""
+        spec = self.spec
+
+        def compute() -> torch.Tensor:
+            progress.update(f"accuracy pass ({spec.backend} {spec.precision}, every core)", 0, len(labels), "images")
+            return self._evaluate_on_all_cores(prepared, module, ctx, images, labels).logits
+
+        artifact_id = getattr(prepared, "artifact_id", None)
+        if not artifact_id:
+            return accuracy_from_logits(compute(), labels), None
+        logits, from_disk = self.bench.backend_logits(artifact_id, self.model, content_id, self.device, len(labels), compute)
+        return accuracy_from_logits(logits, labels), from_disk
 
     def _evaluate_on_all_cores(self, prepared: Prepared, module: torch.nn.Module, ctx: PrepareContext,
                                images: torch.Tensor, labels: torch.Tensor) -> Any:

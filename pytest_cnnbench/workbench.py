@@ -111,7 +111,8 @@ class Workbench:
         self.references: dict[tuple, torch.Tensor] = {}  # eager logits, for agreement and relative accuracy
         self.references_from_disk: set[tuple] = set()
         self.dataset_errors: dict[tuple, Exception] = {}  # datasets with bad files, by the key of self.datasets
-        self.accuracy: dict[tuple, Any] = {}  # one accuracy pass per prepared artifact, shared by batch sizes
+        # One accuracy pass per prepared artifact, shared by batch sizes: (Accuracy, logits read from disk?).
+        self.accuracy: dict[tuple, tuple[Any, Optional[bool]]] = {}
         # Thread counts chosen by probing, per (model, backend, batch size, precision): a cell that
         # runs again in this session (another test, a repeat) measures the same configuration.
         self.chosen_threads: dict[tuple, int] = {}
@@ -258,6 +259,26 @@ class Workbench:
                 self.references_from_disk.discard(ref_key)
             self.references[ref_key] = logits
         return self.references[ref_key]
+
+    def backend_logits(self, artifact_id: str, model: CellModel, content_id: str, device: str, count: int,
+                       compute: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, bool]:
+        """A prepared backend's accuracy logits on a dataset, from the disk cache or ``compute()``d and
+        kept: ``(logits, from_disk)``. Keyed like the eager reference, plus what runs (``artifact_id``:
+        the artifact and its runtime's version) and the machine (kernels differ between CPUs)."""
+        from .tuning import machine_identity
+
+        identity = machine_identity()
+        disk_key = hash_parts("logits", artifact_id, model.key, content_id, model.built.preprocess_id, device,
+                              torch.__version__, *(f"{k}={identity[k]}" for k in sorted(identity)))
+
+        def load(path: Path) -> torch.Tensor:
+            logits = torch.load(path, weights_only=True)
+            if logits.shape[0] != count:
+                raise ValueError(f"it holds logits of {logits.shape[0]} images, not {count}")
+            return logits
+
+        logits, _, from_disk = self.cache.load_or_build("logits", disk_key, ".pt", load, compute, torch.save)
+        return logits, from_disk
 
     def reference_from_disk(self, model: CellModel, content_id: str, device: str) -> bool:
         return (model.key, content_id, model.built.preprocess_id, device) in self.references_from_disk

@@ -82,6 +82,35 @@ def test_corrupt_cached_artifact_is_detected_and_rebuilt(tiny_project, monkeypat
     assert load_results(out)[0]["prepare_cached"] is True
 
 
+@pytest.mark.parametrize("backend", ["torchscript", "ort"])
+def test_accuracy_logits_are_cached_per_artifact_and_computed_again_for_new_bytes(tiny_project, monkeypatch, backend):
+    monkeypatch.setenv("CNNBENCH_CACHE_DIR", os.environ["CNNBENCH_CACHE_DIR"])
+    out = tiny_project.path / "out.json"
+
+    def row() -> dict:
+        result = run(tiny_project, f"--cnn-backend={backend}", f"--cnn-json={out}")
+        result.assert_outcomes(passed=1)
+        (only,) = load_results(out)
+        return only
+
+    first = row()
+    assert first["accuracy_cached"] is False and len(_artifacts("logits")) == 1
+    second = row()  # a warm run: the pass is skipped, its figures are the same
+    assert second["accuracy_cached"] is True
+    assert (second["top1"], second["agreement"]) == (first["top1"], first["agreement"])
+    # The artifact is built again: its logits are those cached only if its bytes are the same.
+    kind = "onnx" if backend == "ort" else "torchscript"
+    (artifact,) = _artifacts(kind)
+    before = artifact.read_bytes()
+    artifact.unlink()
+    Path(str(artifact) + ".sha256").unlink()
+    third = row()
+    assert third["prepare_cached"] is False
+    assert third["accuracy_cached"] is (artifact.read_bytes() == before)
+    assert len(_artifacts("logits")) == (1 if third["accuracy_cached"] else 2)
+    assert third["top1"] == first["top1"]
+
+
 def test_cache_write_is_atomic_and_leaves_nothing_on_failure(tmp_path):
     from pytest_cnnbench.cache import ArtifactCache
 

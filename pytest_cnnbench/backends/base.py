@@ -38,6 +38,9 @@ class Prepared(Protocol):
     cache_hit: bool  # the artifact came from the on-disk cache
     max_batch: Optional[int]  # largest batch it accepts (None: any); caps the accuracy pass
     math: Optional[str]  # the arithmetic that actually runs where it differs from the label, e.g. "fp32, TF32 conv"
+    # What runs, down to the artifact and runtime version (e.g. "onnxruntime 1.32.0 CPUExecutionProvider onnx/<key>"):
+    # its accuracy logits are cached under it, so a warm run skips the pass. None: never cached.
+    artifact_id: Optional[str]
 
     def run(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits as float32 on the CPU for a float32 CPU batch (used for accuracy)."""
@@ -121,6 +124,7 @@ class TorchPrepared:
     """A callable torch module (eager, TorchScript, or torch-tensorrt's compiled module) on a device."""
 
     max_batch: Optional[int] = None
+    artifact_id: Optional[str] = None
 
     def __init__(self, module: Any, device: str, precision: str, provider: str, artifact_bytes: int,
                  cache_hit: bool = False, input_dtype: Optional[torch.dtype] = None, math: Optional[str] = None) -> None:

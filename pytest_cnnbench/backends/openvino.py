@@ -43,8 +43,13 @@ def cpu_capabilities() -> list[str]:
     return list(_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
+def _ir_id(ctx: PrepareContext, xml: Path, weights: Path) -> str:
+    return f"{ctx.cache.content_id(xml)} {ctx.cache.content_id(weights)}"
+
+
 class OpenVinoPrepared:
     cache_hit: bool
+    artifact_id: Optional[str] = None
     calibration: Optional[str] = None
     quantization: Optional[str] = None
 
@@ -104,9 +109,10 @@ class OpenVinoBackend:
         ov = require("openvino", extra="openvino")
         onnx_path, cache_hit = OrtBackend().export(module, ctx)
         if ctx.precision == "int8":
-            model, cache_hit, size = self._int8_model(onnx_path, ctx)
+            model, cache_hit, size, artifact_name = self._int8_model(onnx_path, ctx)
         else:
             model, size = _core().read_model(str(onnx_path)), onnx_path.stat().st_size
+            artifact_name = ctx.cache.content_id(onnx_path)
         model.reshape({0: [ctx.batch_size, *ctx.input_shape]})
         config = {
             "INFERENCE_PRECISION_HINT": "f16" if ctx.precision == "fp16" else "f32",
@@ -117,6 +123,9 @@ class OpenVinoBackend:
         progress.update(f"OpenVINO compile_model (batch {ctx.batch_size})")
         compiled = _core().compile_model(model, "CPU", config)
         prepared = OpenVinoPrepared(compiled, ctx.batch_size, f"openvino CPU {ov.__version__.split('-')[0]}", size, cache_hit)
+        # The compiled shape is static (the batch size) and the precision hint picks kernels: both are in the id.
+        prepared.artifact_id = (f"openvino {ov.__version__} {artifact_name} {config['INFERENCE_PRECISION_HINT']} "
+                                f"batch {ctx.batch_size}")
         if ctx.precision == "int8":
             prepared.calibration = f"{ctx.calibration_note}, {ctx.calibration_method} (NNCF {RANGE_ESTIMATORS[ctx.calibration_method]})"
             prepared.quantization = self._scheme()
@@ -127,8 +136,8 @@ class OpenVinoBackend:
         vnni = has_vnni(cpu_flags())
         return "NNCF post-training, u8 activations, s8 per-channel weights" + ("" if vnni else " in 7 bits (overflow fix: no VNNI)")
 
-    def _int8_model(self, onnx_path: Path, ctx: PrepareContext) -> tuple[Any, bool, int]:
-        """The NNCF-quantized IR, from the cache or built: ``(model, cache_hit, bytes)``."""
+    def _int8_model(self, onnx_path: Path, ctx: PrepareContext) -> tuple[Any, bool, int, str]:
+        """The NNCF-quantized IR, from the cache or built: ``(model, cache_hit, bytes, its cache name)``."""
         import nncf
 
         ov = require("openvino", extra="openvino")
@@ -141,7 +150,7 @@ class OpenVinoBackend:
             xml, weights = ctx.cache.lookup("openvino-int8", key, ".xml"), ctx.cache.lookup("openvino-int8", key, ".bin")
             if xml is not None and weights is not None:
                 try:
-                    return _core().read_model(str(xml), str(weights)), True, weights.stat().st_size
+                    return _core().read_model(str(xml), str(weights)), True, weights.stat().st_size, _ir_id(ctx, xml, weights)
                 except Exception as exc:  # passes its checksum yet does not load (another OpenVINO)
                     ctx.cache.discard(xml, f"OpenVINO cannot read it: {type(exc).__name__}: {exc}")
             quantized = self._quantize(_core().read_model(str(onnx_path)), ctx)
@@ -153,7 +162,7 @@ class OpenVinoBackend:
                 # .bin first: a reader that finds the .xml finds its weights.
                 weights = ctx.cache.store("openvino-int8", key, ".bin", lambda tmp: tmp.write_bytes(saved.with_suffix(".bin").read_bytes()))
                 xml = ctx.cache.store("openvino-int8", key, ".xml", lambda tmp: tmp.write_bytes(saved.read_bytes()))
-        return _core().read_model(str(xml), str(weights)), False, weights.stat().st_size
+        return _core().read_model(str(xml), str(weights)), False, weights.stat().st_size, _ir_id(ctx, xml, weights)
 
     def _quantize(self, model: Any, ctx: PrepareContext) -> Any:
         import nncf

@@ -119,6 +119,7 @@ def tensorrt_provider_reason(available: Sequence[str], needed: Sequence[str],
 
 class OrtPrepared:
     max_batch: Optional[int] = None
+    artifact_id: Optional[str] = None
     calibration: Optional[str] = None  # int8: which images calibrated it and how
     quantization: Optional[str] = None  # int8: the scheme
 
@@ -261,6 +262,7 @@ class OrtBackend:
         if active[0] != wanted:
             raise RuntimeError(f"ONNX Runtime fell back to {active[0]} instead of {wanted}; refusing to report its figures as {wanted}'s")
         prepared = OrtPrepared(session, active[0], path.stat().st_size, cache_hit, ctx.device, self.math(session, ctx))
+        prepared.artifact_id = f"onnxruntime {ort.__version__} {active[0]} {ctx.cache.content_id(path)}"
         if ctx.precision == "int8":
             from .ort_quant import this_cpu_scheme
 

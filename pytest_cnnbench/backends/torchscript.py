@@ -56,8 +56,10 @@ class TorchScriptBackend:
                 lambda: (progress.update("TorchScript trace and freeze"), self._build(module, ctx))[1],
                 lambda built, tmp: torch.jit.save(built, str(tmp)))
             scripted, variant = self._fastest(frozen, ctx)
-            return TorchPrepared(scripted, ctx.device, ctx.precision, f"torchscript {variant} {ctx.device}",
-                                 path.stat().st_size, cache_hit=cache_hit)
+            prepared = TorchPrepared(scripted, ctx.device, ctx.precision, f"torchscript {variant} {ctx.device}",
+                                     path.stat().st_size, cache_hit=cache_hit)
+            prepared.artifact_id = f"torch {torch.__version__} {ctx.cache.content_id(path)} {variant}"
+            return prepared
 
     def _fastest(self, frozen: torch.jit.ScriptModule, ctx: PrepareContext) -> tuple[torch.jit.ScriptModule, str]:
         """The remembered variant for this machine and cell, else both compared now (interleaved)

@@ -42,14 +42,14 @@ REFERENCE = "reference"  # the companion name of the eager reference a cell's sp
 EAGER_LACKS = {("cpu", "fp16"), ("cpu", "int8"), ("cuda", "int8")}
 
 
-def remeasure_reason(stats: LatencyStats, disturbed: Optional[str], probe_within: Optional[float] = None) -> Optional[str]:
+def remeasure_reason(stats: LatencyStats, disturbed: Optional[str], host_moved_it: Optional[bool] = None) -> Optional[str]:
     """Why a cell is measured a second time, or None: its own calls spread too wide, or something
     disturbed it (another process, a slow stretch beyond the session's). A whole session off its
     usual pace is not a reason: measuring again inside it would only repeat it."""
     if disturbed:
         return disturbed
     within = stats.ci95_within if stats.ci95_within is not None else stats.ci95_rel
-    if own_spread(within, probe_within):
+    if own_spread(within, host_moved_it):
         return f"its calls spread ±{within:.1%} (> {UNSTABLE_CI:.0%})"
     return None
 
@@ -285,18 +285,13 @@ class CellRunner:
         parts = self._choice_parts(backend="eager", precision=precision)
         threads = None
         if self.device == "cpu":
-            threads = self.bench.settings.threads or self.bench.chosen_threads.get(parts) or self._remembered_threads(parts) or 1
+            threads = (self.bench.settings.threads or self.bench.chosen_threads.get(parts)
+                       or threadchoice.remembered(self.bench.cache, parts) or 1)
         batch = self._batch
         with torch.inference_mode(False):
             prepared = eager.prepare(module, eager_ctx)
         self.reference_label = label
         return prepared, Companion(prepared.bind(batch), threads)
-
-    def _remembered_threads(self, parts: tuple) -> Optional[int]:
-        from . import tuning
-
-        record = tuning.remembered_choice(self.bench.cache, "threads", parts, False)
-        return record["choice"] if record and isinstance(record.get("choice"), int) else None
 
     # -- timing ---------------------------------------------------------------------------------
     def _time(self, prepared: Prepared, batch: torch.Tensor, rules: TimingRules, module: torch.nn.Module,
@@ -312,7 +307,7 @@ class CellRunner:
         beside = " beside eager" if REFERENCE in companions else ""
         progress.update(f"timing (batch {self.spec.batch_size}{beside})")
         timing, load, disturbed = self._timed_once(prepared, batch, rules, companions)
-        why = remeasure_reason(timing.stats, disturbed, self._beside_within(timing))
+        why = remeasure_reason(timing.stats, disturbed, self._host_moved_it(timing))
         remeasured = None
         if why:
             threads = result.threads
@@ -340,7 +335,7 @@ class CellRunner:
         earlier = tuning.earlier_p50s(self.bench.cache, parts)
         stats = timing.stats.with_sessions(session_spread(earlier), len(earlier), rules.target_ci,
                                            pace_spread(load.pace, machine.PACE_TOLERANCE), disturbed,
-                                           probe_within=self._beside_within(timing))
+                                           host_moved_it=self._host_moved_it(timing))
         stats.remeasured = remeasured
         if REFERENCE in timing.paired and self.reference_label:
             # Drift cancels out of a ratio, so any undisturbed session's speedup joins its history.
@@ -356,17 +351,18 @@ class CellRunner:
         return stats, prepared
 
     @staticmethod
-    def _beside_within(timing: Timing) -> Optional[float]:
-        """How far the host alone would explain the cell's spread, as ``stats.own_spread`` reads it:
-        where the cell has an eager reference, the host's drift cancels out of their paired ratio, so
-        a ratio that spreads as much as the cell means the spread is the cell's own (returned as a
-        steady companion: 0); a tight ratio means the host moved both (returned as the cell's own
-        spread). Without a reference, the pace probe's spread."""
-        paired = timing.paired.get(REFERENCE)
+    def _host_moved_it(timing: Timing) -> Optional[bool]:
+        """Whether the host's drift explains the cell's spread (``stats.own_spread``). With an eager
+        reference, drift cancels out of their paired ratio: a ratio that spreads under half as much as
+        the cell says the host moved both. Without one, a pace probe that swung at least half as much
+        says the same. None: nothing ran beside the cell's calls."""
         within = timing.stats.ci95_within or 0.0
+        paired = timing.paired.get(REFERENCE)
         if paired is not None and math.isfinite(paired[1]):
-            return 0.0 if paired[1] >= within / 2 else within
-        return timing.probe_within
+            return paired[1] < within / 2
+        if timing.probe_within is None:
+            return None
+        return timing.probe_within >= within / 2
 
     def _timed_once(self, prepared: Prepared, batch: torch.Tensor, rules: TimingRules,
                     companions: dict[str, Companion]) -> tuple[Timing, Any, Optional[str]]:

@@ -70,7 +70,7 @@ class LatencyStats:
 
     def with_sessions(self, half_width: float, sessions: int, target_ci: float = math.inf,
                       pace_term: float = 0.0, disturbed: Optional[str] = None,
-                      probe_within: Optional[float] = None) -> "LatencyStats":
+                      host_moved_it: Optional[bool] = None) -> "LatencyStats":
         """Add the between-session and pace terms to the stated spread, and judge the cell.
 
         The stated spread covers the session's pace (so two sessions' p50s stay within their
@@ -78,22 +78,20 @@ class LatencyStats:
         the session; a cell is flagged only for what happened to its own measurement."""
         within = self.ci95_within if self.ci95_within is not None else self.ci95_rel
         total = math.sqrt(within ** 2 + half_width ** 2 + pace_term ** 2)
-        if own_spread(within, probe_within):
+        if own_spread(within, host_moved_it):
             spread = f"its own calls spread ±{within:.1%} (> {UNSTABLE_CI:.0%})"
             disturbed = f"{spread}; {disturbed}" if disturbed else spread
         return dataclasses.replace(self, ci95_rel=total, ci95_sessions=half_width, sessions=sessions, ci95_pace=pace_term,
                                    converged=within <= target_ci, stable=disturbed is None, disturbed=disturbed)
 
 
-def own_spread(within: float, probe_within: Optional[float]) -> bool:
-    """Whether a cell's wide within-session spread is its own: above ``UNSTABLE_CI`` while what ran
-    beside its calls (its eager reference, else the pace probe) stayed steady, under half the
-    cell's spread. When that swung as much, the host's slow stretches moved both: the session's
-    state, which the ``±ci`` states, not a flaw of the cell. Measured here: LeNet at 0.03-0.14 ms per call spread
-    ±19-24% within a cell as the host's pace went 1.1x-1.5x, nothing inside the machine busy."""
-    if within <= UNSTABLE_CI:
-        return False
-    return probe_within is None or probe_within < within / 2
+def own_spread(within: float, host_moved_it: Optional[bool]) -> bool:
+    """Whether a cell's wide within-session spread is its own: above ``UNSTABLE_CI``, unless what ran
+    beside its calls shows that the host's slow stretches moved it (``host_moved_it``; None: nothing
+    ran beside it to tell). That is the session's state, which the ``±ci`` states, not a flaw of the
+    cell. Measured here: LeNet at 0.03-0.14 ms per call spread ±19-24% within a cell as the host's
+    pace went 1.1x-1.5x, nothing inside the machine busy."""
+    return within > UNSTABLE_CI and not host_moved_it
 
 
 def median_ci(sorted_values: Sequence[float]) -> float:

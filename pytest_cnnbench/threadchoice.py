@@ -28,15 +28,22 @@ def candidates(device: str, option: Optional[int], chosen: dict[tuple, int], cel
         return ThreadChoice([option], "option")
     if cell in chosen:
         return ThreadChoice([chosen[cell]], "this session")
-    from . import tuning
-
-    record = tuning.remembered_choice(cache, "threads", cell, reprobe)
-    if record is not None and isinstance(record["choice"], int) and record["choice"] >= 1:
-        return ThreadChoice([record["choice"]], "remembered")
+    threads = remembered(cache, cell, reprobe)
+    if threads is not None:
+        return ThreadChoice([threads], "remembered")
     from .environment import physical_cores
 
     cores = physical_cores()
     return ThreadChoice([1, cores] if cores > 1 else [1], "probed")
+
+
+def remembered(cache: Any, cell: tuple, reprobe: bool = False) -> Optional[int]:
+    """The thread count an earlier session's probe chose for this cell on this machine, if any."""
+    from . import tuning
+
+    record = tuning.remembered_choice(cache, "threads", cell, reprobe)
+    choice = record.get("choice") if record else None
+    return choice if isinstance(choice, int) and choice >= 1 else None
 
 
 def probe(calls: dict[int, Callable[[], Any]], set_threads: Callable[[int], None]) -> Comparison:

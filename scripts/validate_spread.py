@@ -10,7 +10,7 @@ saw, and pass/fail; exits 1 if any row fails.
     python scripts/validate_spread.py --suite suites/ --pairs 5 -- --cnn-model=lenet,alexnet
 
 By default the sessions use a fresh cache whose built artifacts (trained weights, ONNX files,
-TorchScript archives, reference logits) are copied from ``--seed-cache`` when given, but no
+TorchScript archives, reference and accuracy logits) are copied from ``--seed-cache`` when given, but no
 remembered choices or earlier sessions: the first session starts from the prior, as on a
 new machine. ``--cache-dir`` runs on a cache as it is instead.
 """
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-ARTIFACTS = ("weights", "onnx", "torchscript", "reference", "calibrated")
+ARTIFACTS = ("weights", "onnx", "torchscript", "reference", "calibrated", "logits")
 
 
 def run_session(args: argparse.Namespace, cache: Path, out: Path) -> tuple[dict, float]:

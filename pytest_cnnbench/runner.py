@@ -381,7 +381,9 @@ class CellRunner:
         from . import tuning
 
         value, within, chunks = paired
-        key = (*parts, "speedup over", reference)  # its own history, beside the p50's
+        # Its own history, beside the p50's. "paired, no spin": speedups timed before ONNX Runtime's
+        # sessions stopped spinning between runs overstated ORT's, and must not widen today's.
+        key = (*parts, "speedup over", reference, "paired, no spin")
         earlier = tuning.earlier_p50s(self.bench.cache, key)
         between = session_spread(earlier)
         total = math.sqrt(within ** 2 + between ** 2) if math.isfinite(within) else math.inf

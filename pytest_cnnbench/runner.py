@@ -369,7 +369,8 @@ class CellRunner:
         from . import machine
 
         monitor = machine.Monitor()
-        timing = time_cell(prepared.bind(batch), rules, companions, monitor.tick)
+        timing = time_cell(prepared.bind(batch), rules, companions, monitor.tick,
+                           top_up=REFERENCE if REFERENCE in companions else None)
         load = monitor.finish()
         load.pace = self._pace(timing.pace)
         load.pace_probe_us = statistics.median(timing.pace) * 1e6 if timing.pace else None

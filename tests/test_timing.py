@@ -88,6 +88,35 @@ def test_paired_speedup_cancels_drift_between_chunks():
     assert speedup == pytest.approx(0.5, rel=0.1)
 
 
+def test_fast_paired_calls_get_rounds_enough_for_chunks_of_chunk_s():
+    rules = timing.TimingRules(warmup=1, min_rounds=50, max_rounds=5000, max_time=1.0, min_time=0.3)
+    alone = timing.plan_timing(lambda: busy_wait(2e-5), rules)
+    paired = timing.plan_timing(lambda: busy_wait(2e-5), rules, paired=True)
+    assert alone.rounds < 1000 and paired.rounds >= 4000, (alone, paired)
+    slow = timing.plan_timing(lambda: busy_wait(0.004), rules, paired=True)
+    assert slow.rounds < 300  # a call longer than a chunk: nothing added
+
+
+def test_a_paired_ratio_wider_than_the_target_gets_more_pairs():
+    import random
+
+    noise = random.Random(3)
+    rules = timing.TimingRules(warmup=1, min_rounds=60, max_rounds=60, max_time=0.5, min_time=0.05)
+
+    def run(top_up):
+        return timing.time_cell(lambda: busy_wait(0.0004), rules, top_up=top_up,
+                                companions={"noisy": timing.Companion(lambda: busy_wait(0.0004 * noise.uniform(0.3, 1.7)))})
+
+    plain, topped = run(None), run("noisy")
+    assert plain.paired["noisy"][1] > timing.PAIRED_TARGET_CI  # the premise: wider than the target
+    assert topped.paired["noisy"][2] > plain.paired["noisy"][2]  # more chunks behind the ratio
+    assert topped.paired["noisy"][1] < plain.paired["noisy"][1]
+    assert topped.paired["noisy"][0] == pytest.approx(1.0, rel=0.15)
+    # The cell's own figures come from its loop alone; its window covers the extra pairs.
+    assert len(topped.seconds) == topped.stats.rounds == topped.plan.rounds
+    assert topped.window[1] - topped.window[0] > plain.window[1] - plain.window[0]
+
+
 def test_hand_to_benchmark_gives_pytest_benchmark_the_cells_calls(pytester):
     """Through the real fixture: its --benchmark-json holds the calls handed over, a re-measurement's
     replacing the first attempt's."""

@@ -33,7 +33,10 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .. import progress
 from ..timing import timed
+
+PROGRESS_S = 5.0  # how often the progress line shows the samples answered while a LoadGen test runs
 
 # Messages, child -> parent: ("q", ids, indices) a query; ("done", info) the test ended; ("fail", text).
 # Parent -> child: ("r", ids, predictions int32 bytes or None, error text or None).
@@ -251,7 +254,13 @@ def run_test(predict: Callable[[list[int]], bytes], settings_values: dict[str, A
                               daemon=True)
     server.start()
     deadline = time.monotonic() + timeout_s
-    process.join(max(0.0, deadline - time.monotonic()))
+    scenario = settings_values["scenario"]
+    mode = " accuracy" if settings_values.get("mode") == "AccuracyOnly" else ""
+    progress.update(f"LoadGen {scenario}{mode}")
+    while process.is_alive() and time.monotonic() < deadline:
+        process.join(min(PROGRESS_S, max(0.0, deadline - time.monotonic())))
+        # From this waiting thread every few seconds: microseconds of the GIL against a run of seconds.
+        progress.update(done=served.samples, detail="samples answered")
     if process.is_alive():
         process.kill()
         process.join(5)

@@ -245,8 +245,8 @@ def run_test(predict: Callable[[list[int]], bytes], settings_values: dict[str, A
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = multiprocessing.get_context("fork")
     parent_conn, child_conn = ctx.Pipe(duplex=True)
-    process = ctx.Process(target=child_main, args=(child_conn, settings_values, total, performance, str(out_dir), response_spin_s),
-                          name="cnnbench-loadgen", daemon=True)
+    process = ctx.Process(target=child_main, name="cnnbench-loadgen", daemon=True,
+                          args=(child_conn, settings_values, total, performance, str(out_dir), response_spin_s))
     process.start()
     child_conn.close()
     served = Served()

@@ -100,6 +100,18 @@ class _Lru(OrderedDict):
         return value
 
 
+def _logits_loader(count: int) -> Callable[[Path], torch.Tensor]:
+    """Loads cached logits, refusing (so the cache rebuilds them) any that do not cover ``count`` images."""
+
+    def load(path: Path) -> torch.Tensor:
+        logits = torch.load(path, weights_only=True)
+        if logits.shape[0] != count:
+            raise ValueError(f"it holds logits of {logits.shape[0]} images, not {count}")
+        return logits
+
+    return load
+
+
 class Workbench:
     def __init__(self, settings: Settings, log: Callable[[str], None]) -> None:
         self.settings = settings
@@ -238,12 +250,6 @@ class Workbench:
             disk_key = hash_parts("reference", model.key, content_id, built.preprocess_id, device, torch.__version__,
                                   reference_math(device))
 
-            def load(path: Path) -> torch.Tensor:
-                logits = torch.load(path, weights_only=True)
-                if logits.shape[0] != len(labels):
-                    raise ValueError(f"it holds logits of {logits.shape[0]} images, not {len(labels)}")
-                return logits
-
             def build() -> torch.Tensor:
                 from .backends.eager import EagerBackend
 
@@ -252,7 +258,8 @@ class Workbench:
                 # Same shape check as every cell.
                 return evaluate(prepared.run, images, labels, accuracy_batch(images), model.info.num_classes).logits
 
-            logits, _, from_disk = self.cache.load_or_build("reference", disk_key, ".pt", load, build, torch.save)
+            logits, _, from_disk = self.cache.load_or_build("reference", disk_key, ".pt", _logits_loader(len(labels)),
+                                                            build, torch.save)
             if from_disk:
                 self.references_from_disk.add(ref_key)
             else:
@@ -270,14 +277,7 @@ class Workbench:
         identity = machine_identity()
         disk_key = hash_parts("logits", artifact_id, model.key, content_id, model.built.preprocess_id, device,
                               torch.__version__, *(f"{k}={identity[k]}" for k in sorted(identity)))
-
-        def load(path: Path) -> torch.Tensor:
-            logits = torch.load(path, weights_only=True)
-            if logits.shape[0] != count:
-                raise ValueError(f"it holds logits of {logits.shape[0]} images, not {count}")
-            return logits
-
-        logits, _, from_disk = self.cache.load_or_build("logits", disk_key, ".pt", load, compute, torch.save)
+        logits, _, from_disk = self.cache.load_or_build("logits", disk_key, ".pt", _logits_loader(count), compute, torch.save)
         return logits, from_disk
 
     def reference_from_disk(self, model: CellModel, content_id: str, device: str) -> bool:

@@ -58,7 +58,13 @@ P90_SPREAD_FLOOR = 0.10
 SERVING_MIN_CALLS, SERVING_MAX_CALLS, SERVING_SECONDS = 30, 500, 1.0
 
 
-def serving_p90(predict: Callable[[list[int]], bytes], total: int, per_call_s: float) -> Optional[float]:
+def _nearest_rank(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` by nearest rank (as LoadGen reports its percentiles)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def serving_p90(predict: Callable[[list[int]], bytes], total: int, per_call_s: float) -> float:
     """p90 seconds of ``predict([i])``, the very call LoadGen's SingleStream queries run, timed back to
     back with ``timing.timed`` over successive samples. It differs from the cell's timed call by what
     serving adds (a fresh input per query, its output reduced to a class): 0.07 ms for LeNet here."""
@@ -67,8 +73,7 @@ def serving_p90(predict: Callable[[list[int]], bytes], total: int, per_call_s: f
     calls = int(min(SERVING_MAX_CALLS, max(SERVING_MIN_CALLS, SERVING_SECONDS / max(per_call_s, 1e-6))))
     for index in range(min(5, total)):  # warm-up
         predict([index])
-    times = sorted(timed(lambda: predict([index % total])) for index in range(calls))
-    return times[min(len(times) - 1, int(0.9 * len(times)))]
+    return _nearest_rank([timed(lambda: predict([index % total])) for index in range(calls)], 0.9)
 
 
 def response_spin(hints: dict[str, Any]) -> float:
@@ -112,13 +117,13 @@ def measure_overhead(out_dir: Path, options: ScenarioOptions, response_spin_s: f
     if result.ok:
         try:
             records = read_detail(folder)
-            service = sorted(result.served.service_s)
-            inside = {q: service[min(len(service) - 1, int(q * len(service)))] if service and call_s else 0.0
-                      for q in (0.5, 0.9)}
-            record.update(p50_ms=float(records["result_50.00_percentile_latency_ns"]) / 1e6 - inside[0.5] * 1000.0,
-                          p90_ms=float(records["result_90.00_percentile_latency_ns"]) / 1e6 - inside[0.9] * 1000.0,
-                          mean_ms=float(records["result_mean_latency_ns"]) / 1e6 - (statistics.fmean(service) * 1000.0
-                                                                                      if service and call_s else 0.0),
+            service = result.served.service_s if call_s else []  # a no-op's own time is left in
+            less = {name: 1000.0 * value for name, value in
+                    (("p50", _nearest_rank(service, 0.5)), ("p90", _nearest_rank(service, 0.9)),
+                     ("mean", statistics.fmean(service)))} if service else {"p50": 0.0, "p90": 0.0, "mean": 0.0}
+            record.update(p50_ms=float(records["result_50.00_percentile_latency_ns"]) / 1e6 - less["p50"],
+                          p90_ms=float(records["result_90.00_percentile_latency_ns"]) / 1e6 - less["p90"],
+                          mean_ms=float(records["result_mean_latency_ns"]) / 1e6 - less["mean"],
                           queries=int(records["result_query_count"]))
         except (LogError, KeyError, ValueError) as exc:
             record["error"] = str(exc)
@@ -141,9 +146,8 @@ def _run_one(scenario: str, predict: Callable[[list[int]], bytes], values: dict[
         return result, None, str(exc)
     if entry.get("duration_s") is None:
         entry["duration_s"] = round(float(result.info.get("wall_s", 0.0)), 3)
-    service = sorted(result.served.service_s)
-    if service:  # the parent's share: the backend call and its argmax, as LoadGen's queries saw them
-        entry["sut_p90_ms"] = round(service[min(len(service) - 1, int(0.9 * len(service)))] * 1000.0, 4)
+    if result.served.service_s:  # the parent's share: the backend call and its argmax, as LoadGen's queries saw them
+        entry["sut_p90_ms"] = round(_nearest_rank(result.served.service_s, 0.9) * 1000.0, 4)
     entry["submission_length"] = bool(options.official)
     entry["log_dir"] = str(folder)
     return result, entry, None

@@ -146,3 +146,145 @@ def test_line_names_batch_sizes_when_they_vary():
             _row("ort", "fp32", (900, 0, 0, 100), speedup=3.0, batch=8)]
     rows[3]["speedup"]["reference"] = "m-eager-bs8"
     assert fastest_within_budget(rows)[1].startswith("  m: ort fp32 at batch 8, 3.00x")
+
+
+# -- the option ------------------------------------------------------------------------------
+def test_budget_option_is_validated_with_an_ini_twin(tiny_project):
+    result = tiny_project.runpytest_subprocess(*FAST, "--cnn-accuracy-budget=-1", "--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--cnn-accuracy-budget: '-1' is not a valid positive number" in result.stderr.str()
+    tiny_project.makeini("[pytest]\ncnn_model = tiny\ncnn_accuracy_budget = lots\n")
+    result = tiny_project.runpytest_subprocess(*FAST, "--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR and "--cnn-accuracy-budget: 'lots'" in result.stderr.str()
+    assert tiny_project.runpytest_subprocess(*FAST, "--cnn-accuracy-budget=0.5", "--collect-only", "-q").ret == 0
+
+
+# -- LeNet on real MNIST, as users run it ------------------------------------------------------------
+# A backend that loses accuracy on purpose: eager LeNet, but one image in about twenty (chosen by its
+# pixels, so the same images every pass) gets its logits rolled by one class.
+LOSSY_CONFTEST = '''
+from pytest_cnnbench import register_backend
+
+
+@register_backend("lossy", description="eager, but about 5% of the images answered wrong on purpose")
+def lossy():
+    import torch
+
+    class Prepared:
+        provider, artifact_bytes, cache_hit, max_batch, math, artifact_id = "lossy", None, False, None, None, None
+
+        def __init__(self, module):
+            self.module = module
+
+        def run(self, batch):
+            with torch.inference_mode():
+                logits = self.module(batch).float()
+                chosen = (batch.flatten(1).abs().sum(1) * 1000).long() % 20 == 0
+                return torch.where(chosen[:, None], logits.roll(1, dims=1), logits)
+
+        def bind(self, batch):
+            return lambda: self.run(batch)
+
+        def close(self):
+            pass
+
+    class Lossy:
+        name = "lossy"
+
+        def unavailable_reason(self, device, precision):
+            return None if (device, precision) == ("cpu", "fp32") else "lossy runs fp32 on the CPU only"
+
+        def prepare(self, module, ctx):
+            return Prepared(module.eval())
+
+    return Lossy()
+'''
+
+COST_CHECKS = '''
+import pytest
+
+
+@pytest.mark.cnnbench(models=["lenet"], backends=["lossy"])
+def test_lossy_exceeds(cnnbench):
+    cnnbench.check_precision_cost(max_top1_drop_pp=1.0)
+
+
+@pytest.mark.cnnbench(models=["lenet"], backends=["ort"])
+def test_no_loss_allowed(cnnbench):
+    if cnnbench.spec.precision != "fp32":
+        pytest.skip("fp32 only")
+    cnnbench.check_precision_cost(max_top1_drop_pp=0.0)
+'''
+
+DATA = shared_data_root()
+
+
+@pytest.mark.skipif(DATA is None, reason="real MNIST not found (set CNNBENCH_DATA_ROOT or put it in ../shared/data)")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_lenet_costs_in_the_table_the_json_and_the_line(pytester: pytest.Pytester, real_data_cache, monkeypatch):
+    """LeNet eager and ONNX Runtime, fp32 and int8, on the 10,000 test digits (the shipped suite), beside a
+    backend that loses ~5 points on purpose: each row's paired cost lands in the JSON record, the Δtop-1
+    column shows it, the line under the table names the fastest row within the budget; check_precision_cost
+    fails the lossy row (exceeds), passes an inconclusive one with its verdict in the row, and fails that one
+    with --cnn-strict."""
+    from pytest_cnnbench.table import _cost
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("onnxruntime not installed")
+    monkeypatch.setenv("CNNBENCH_CACHE_DIR", str(real_data_cache))
+    pytester.copy_example(str(REPO / "suites" / "test_lenet_mnist.py"))
+    pytester.makeconftest(LOSSY_CONFTEST)
+    pytester.makepyfile(test_cost_checks=COST_CHECKS)
+    out = pytester.path / "out.json"
+    common = [*FAST, "--cnn-threads=1", "--cnn-model=lenet", f"--cnn-data-root={DATA}", "-p", "no:randomly"]
+    result = pytester.runpytest_subprocess(
+        *common, "--cnn-backend=eager,ort,lossy", "--cnn-precision=fp32,int8", "-k", "not (test_lenet_mnist and lossy)",
+        f"--cnn-json={out}", timeout=900)
+    stdout = result.stdout.str()
+    rows = {(r["test_name"], r["backend"], r["precision"]): r for r in load_results(out)}
+    outcomes = {key: r["status"] for key, r in rows.items()}
+    assert outcomes == {**{("test_lenet_mnist", b, p): "passed" for b, p in (("eager", "fp32"), ("ort", "fp32"), ("ort", "int8"))},
+                        ("test_lenet_mnist", "eager", "int8"): "skipped",
+                        ("test_lossy_exceeds", "lossy", "fp32"): "failed", ("test_lossy_exceeds", "lossy", "int8"): "skipped",
+                        ("test_no_loss_allowed", "ort", "fp32"): "passed", ("test_no_loss_allowed", "ort", "int8"): "skipped",
+                        }, stdout[-3000:]
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+    # The JSON record: point, interval, counts and verdict against --cnn-accuracy-budget (1 point).
+    assert rows[("test_lenet_mnist", "eager", "fp32")]["accuracy_cost"] is None  # the reference itself
+    for key in (("test_lenet_mnist", "ort", "fp32"), ("test_lenet_mnist", "ort", "int8"), ("test_lossy_exceeds", "lossy", "fp32")):
+        cost = rows[key]["accuracy_cost"]
+        low, high = cost["ci95_pp"]
+        assert cost["n"] == 10000 and cost["method"] == PAIRED_METHOD and cost["budget_pp"] == 1.0
+        assert cost["delta_top1_pp"] == pytest.approx((cost["row_only"] - cost["eager_only"]) / 100, abs=1e-9)
+        assert cost["delta_top1_pp"] == pytest.approx(rows[key]["delta_top1_pp"], abs=1e-9)
+        assert low < cost["delta_top1_pp"] < high or cost["delta_top1_pp"] == low == high == 0
+        assert cost["verdict"] == cost_verdict(low, high, 1.0)
+        assert cost["delta_top5_pp"] is not None and len(cost["top5"]["ci95_pp"]) == 2
+        assert _cost(rows[key]) in stdout  # the Δtop-1 column shows the record's figures
+    assert COST_HEADER in stdout
+    assert rows[("test_lenet_mnist", "ort", "fp32")]["accuracy_cost"]["eager_only"] == 0  # same math as eager
+    lossy = rows[("test_lossy_exceeds", "lossy", "fp32")]
+    assert lossy["accuracy_cost"]["verdict"] == EXCEEDS and lossy["accuracy_cost"]["eager_only"] > 300
+
+    # check_precision_cost: exceeds fails with point, interval and counts; inconclusive passes, said in the row.
+    cost = lossy["accuracy_cost"]
+    assert (f"accuracy cost exceeds the allowance: top-1 {cost['delta_top1_pp']:+.2f} pt vs eager fp32, 95% CI "
+            f"[{cost['ci95_pp'][0]:+.2f}, {cost['ci95_pp'][1]:+.2f}]") in lossy["reason"]
+    assert f"{cost['eager_only']} images right only in eager fp32, {cost['row_only']} only in this row, of 10000" in lossy["reason"]
+    open_ = rows[("test_no_loss_allowed", "ort", "fp32")]
+    assert open_["accuracy_cost"]["check"]["verdict"] == {"top-1": INCONCLUSIVE}
+    assert any(note.startswith("accuracy cost inconclusive: top-1 +0.00 pt") for note in open_["notes"])
+
+    # The line: of the rows within the budget, the one with the best paired speedup over eager fp32.
+    within = [r for r in rows.values() if (r["accuracy_cost"] or {}).get("verdict") == WITHIN and r["speedup"]]
+    assert within
+    best = max(within, key=lambda r: r["speedup"]["value"])
+    assert "fastest within the accuracy budget, per model" in stdout
+    assert f"  lenet: {best['backend']} {best['precision']}, {best['speedup']['value']:.2f}x the speed of eager fp32" in stdout
+
+    # --cnn-strict: the inconclusive row fails (timing off, so only the cost can fail it).
+    strict = pytester.runpytest_subprocess(*common, "--cnn-backend=ort", "--cnn-strict", "--benchmark-disable",
+                                           "test_cost_checks.py::test_no_loss_allowed", timeout=600)
+    assert strict.ret == pytest.ExitCode.TESTS_FAILED
+    strict.stdout.fnmatch_lines(["*accuracy cost inconclusive (--cnn-strict): top-1 +0.00 pt vs eager fp32*allowed loss 0 pt*"])

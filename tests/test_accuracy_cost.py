@@ -120,6 +120,15 @@ def test_line_names_the_fastest_within_budget_and_the_inconclusive():
     assert "\n".join(lines) in format_table(rows)
 
 
+def test_markdown_report_carries_the_line():
+    from pytest_cnnbench.report import markdown
+
+    rows = [_eager(), _row("openvino", "int8", (890, 2, 4, 104), speedup=2.5)]
+    md = markdown(rows, {"versions": {}, "argv": []}).splitlines()
+    at = next(i for i, line in enumerate(md) if line.startswith("fastest within the accuracy budget"))
+    assert md[at + 1].startswith("- m: openvino int8, 2.50x the speed of eager fp32")
+
+
 def test_line_says_when_none_qualifies():
     open_ = _row("ort", "int8", (880, 5, 25, 90), speedup=4.0)
     low, high = open_["accuracy_cost"]["ci95_pp"]

@@ -66,7 +66,8 @@ def agreement(logits: torch.Tensor, reference: torch.Tensor) -> Agreement:
     return Agreement(rel, agree, distinct > 1 and dominant < 0.5, distinct)
 
 
-def paired_counts(logits: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor, k: int = 1) -> Optional[tuple[int, int, int, int]]:
+def paired_counts(logits: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor,
+                  k: int = 1) -> Optional[tuple[int, int, int, int]]:
     """Image by image, top-``k`` right in both, in ``logits`` only, in ``reference`` only, in neither
     (the paired 2x2 table of ``stats.paired_difference``); None with fewer than ``k`` classes."""
     if logits.shape[1] < k:

@@ -64,3 +64,17 @@ def agreement(logits: torch.Tensor, reference: torch.Tensor) -> Agreement:
     # With one dominant class, top-1 agreement is trivially ~100% and tells nothing.
     dominant = float(torch.bincount(ref_top1).max()) / len(ref_top1)
     return Agreement(rel, agree, distinct > 1 and dominant < 0.5, distinct)
+
+
+def paired_counts(logits: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor,
+                  k: int = 1) -> Optional[tuple[int, int, int, int]]:
+    """Image by image, top-``k`` right in both, in ``logits`` only, in ``reference`` only, in neither
+    (the paired 2x2 table of ``stats.paired_difference``); None with fewer than ``k`` classes."""
+    if logits.shape[1] < k:
+        return None
+
+    def right(scores: torch.Tensor) -> torch.Tensor:
+        return (scores.float().topk(k, dim=1).indices == labels[:, None]).any(1)
+
+    row, ref = right(logits), right(reference)
+    return (int((row & ref).sum()), int((row & ~ref).sum()), int((~row & ref).sum()), int((~row & ~ref).sum()))

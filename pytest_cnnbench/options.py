@@ -70,6 +70,9 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
                      "line on a terminal, plain lines otherwise, none under -q or on xdist workers), live, plain or off",
                      "auto"),
 }
+OPTIONS["cnn-accuracy-budget"] = (
+    "the top-1 loss against eager fp32, in percentage points, that the line under the table allows when it names "
+    "each model's fastest configuration (a row counts when its whole 95% interval stays within it)", "1")
 FLAGS = {"cnn-no-download", "cnn-profile", "cnn-selfcheck", "cnn-require-accuracy", "cnn-strict", "cnn-reprobe",
          "cnn-skip-bad-images"}
 MULTI = {"cnn-report"}  # may be given several times
@@ -260,6 +263,7 @@ class Settings:
     reprobe: bool = False  # ignore remembered thread counts and TorchScript variants
     skip_bad_images: bool = False  # leave out missing/undecodable images (counted, warned) instead of failing
     mlperf: Any = None  # mlperf.settings.ScenarioOptions: LoadGen scenarios (--cnn-scenario...)
+    accuracy_budget: float = 1.0  # top-1 points a row may lose against eager fp32 to count for the fastest-within-budget line
 
 
 def _check_writable(path: Path, option: str) -> None:
@@ -441,6 +445,8 @@ def parse_settings(config: pytest.Config) -> Settings:
         reprobe=bool(_raw(config, "cnn-reprobe")),
         skip_bad_images=bool(_raw(config, "cnn-skip-bad-images")),
         mlperf=check(_mlperf, config),  # MLPerf LoadGen scenarios
+        accuracy_budget=check(_positive_number, _raw(config, "cnn-accuracy-budget"), "cnn-accuracy-budget", float,
+                              default=1.0),
     )
     problems.raise_any()
     return Settings(**settings)

@@ -95,6 +95,8 @@ def markdown(results: Sequence[dict[str, Any]], environment: dict[str, Any], com
     out += ["", "## Results", ""]
     if results:
         out += [table.table_body(results, "github", changes), ""]
+        answer = table.fastest_within_budget(results)  # the deployer's answer, under the table
+        out += [_md(answer[0]), *[f"- {_md(line.strip())}" for line in answer[1:]], ""] if answer else []
         out += [f"- {_md(note)}" for note in table.table_notes(results)]
     else:
         out.append("No cells ran.")

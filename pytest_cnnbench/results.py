@@ -45,6 +45,51 @@ def _empty_memory() -> dict[str, Any]:
     return {"host_peak": None, "host_delta": None, "host_after": None, "device_peak": None, "device_peak_source": None}
 
 
+def _pp(fraction: float) -> float:
+    return round(100.0 * fraction, 4)
+
+
+@dataclasses.dataclass
+class AccuracyCost:
+    """A row's top-1 against eager fp32's on the same images, paired image by image (stats.paired_difference).
+
+    ``delta_top1_pp`` and ``ci95_pp`` (its 95% interval, [low, high]) are the row's top-1 minus eager fp32's,
+    in percentage points (below zero: the row loses accuracy). ``eager_only`` images are right only in eager
+    fp32, ``row_only`` right only in this row, of ``n``. ``verdict`` judges the interval against ``budget_pp``
+    (--cnn-accuracy-budget): within, exceeds or inconclusive (stats.cost_verdict); None where accuracy means
+    nothing (random weights, unlabelled data). ``top5`` holds the same figures for top-5; ``check`` the
+    suite's own ``check_precision_cost`` budget and verdict, once it ran."""
+
+    delta_top1_pp: float
+    ci95_pp: list[float]
+    method: str
+    eager_only: int
+    row_only: int
+    n: int
+    verdict: Optional[str]
+    budget_pp: float
+    delta_top5_pp: Optional[float] = None
+    top5: Optional[dict[str, Any]] = None  # {"ci95_pp", "eager_only", "row_only"}
+    check: Optional[dict[str, Any]] = None  # {"max_top1_drop_pp", "verdict"} from check_precision_cost
+
+    @classmethod
+    def from_pairs(cls, top1: Any, top5: Any, budget_pp: float, judged: bool) -> "AccuracyCost":
+        """From ``stats.PairedDifference`` figures (the row first, eager fp32 second)."""
+        from .stats import cost_verdict
+
+        low, high = _pp(top1.low), _pp(top1.high)
+        extra = None
+        if top5 is not None:
+            extra = {"ci95_pp": [_pp(top5.low), _pp(top5.high)], "eager_only": top5.second_only, "row_only": top5.first_only}
+        return cls(delta_top1_pp=_pp(top1.difference), ci95_pp=[low, high], method=top1.method,
+                   eager_only=top1.second_only, row_only=top1.first_only, n=top1.n,
+                   verdict=cost_verdict(low, high, budget_pp) if judged else None, budget_pp=budget_pp,
+                   delta_top5_pp=_pp(top5.difference) if top5 is not None else None, top5=extra)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclasses.dataclass
 class CellResult:
     """One cell's figures inside the harness. Typed fields (``latency_ms`` a ``stats.LatencyStats``,
@@ -82,6 +127,7 @@ class CellResult:
     reference_top5: Optional[float] = None
     delta_top1_pp: Optional[float] = None  # top-1 minus the reference's, in percentage points (the accuracy cost of the row)
     delta_top5_pp: Optional[float] = None
+    accuracy_cost: Any = None  # AccuracyCost: the paired difference from eager fp32 with its interval and verdict
     calibration: Optional[str] = None  # int8: which images calibrated it and how, e.g. "64 MNIST training images, minmax"
     quantization: Optional[str] = None  # int8: the scheme, e.g. "QDQ, u8 activations, s8 per-channel weights"
     compute_latency_ms: Optional[dict[str, Any]] = None  # GPU only: input already on the device, ends with a device sync

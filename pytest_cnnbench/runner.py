@@ -23,7 +23,7 @@ import torch
 
 from . import progress, registry, threadchoice, worklock
 from . import results as R
-from .accuracy import Agreement, accuracy_from_logits, agreement, evaluate
+from .accuracy import Agreement, accuracy_from_logits, agreement, evaluate, paired_counts
 from .backends.base import PrepareContext, Prepared
 from .core import CellSkip, CellSpec
 from .memory import HostMemory, current_rss_mb
@@ -515,6 +515,21 @@ class CellRunner:
         # The accuracy cost of this row (precision, backend) in points against eager fp32 on the same images.
         result.delta_top1_pp = _points(acc.top1, reference_acc.top1)
         result.delta_top5_pp = _points(acc.top5, reference_acc.top5)
+        if not (spec.backend == "eager" and spec.precision == "fp32"):
+            result.accuracy_cost = self._accuracy_cost(acc.logits, reference, labels, bool(result.accuracy_valid))
+
+    def _accuracy_cost(self, logits: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor,
+                       judged: bool) -> Optional[R.AccuracyCost]:
+        """The row against eager fp32 image by image: the paired difference, its interval, its verdict
+        against --cnn-accuracy-budget (none where accuracy means nothing)."""
+        from .stats import paired_difference
+
+        top1 = paired_counts(logits, reference, labels, 1)
+        if top1 is None or not len(labels):
+            return None
+        top5 = paired_counts(logits, reference, labels, 5)
+        return R.AccuracyCost.from_pairs(paired_difference(*top1), paired_difference(*top5) if top5 else None,
+                                         self.bench.settings.accuracy_budget, judged)
 
     def _backend_accuracy(self, prepared: Prepared, module: torch.nn.Module, ctx: PrepareContext,
                           images: torch.Tensor, labels: torch.Tensor, content_id: str) -> tuple[Any, Optional[bool]]:
@@ -603,23 +618,48 @@ class CellRunner:
             assert agree["top1_agree"] >= min_top1_agree, f"{label}: top-1 agrees with eager on {agree['top1_agree']:.2%} < {min_top1_agree:.0%}"
 
     def check_precision_cost(self, max_top1_drop_pp: float, max_top5_drop_pp: Optional[float] = None) -> None:
-        """Assert this row's top-1 (and top-5) are at most that many percentage points below eager fp32's
-        on the same images: the accuracy a lower precision (or another backend) may cost.
+        """Judge this row's accuracy cost against eager fp32 on the same images, paired image by image:
+        the 95% interval of the change in top-1 (and top-5) points against the loss allowed
+        (``stats.cost_verdict``). *exceeds* fails; *within* passes; *inconclusive* (the interval
+        straddles the allowance) passes with the verdict in the row, and fails with --cnn-strict.
 
         Nothing is skipped: where accuracy means nothing (random weights, unlabelled data) nothing is
         asserted and the row says so, as ``check_accuracy`` does (a failure with --cnn-require-accuracy)."""
+        from .stats import EXCEEDS, INCONCLUSIVE, cost_verdict
+
         result = self.run()
         if not result.accuracy_valid:
             self.check_accuracy()  # notes why (or fails with --cnn-require-accuracy); asserts nothing
             return
+        cost: Optional[R.AccuracyCost] = result.accuracy_cost
+        if cost is None:  # eager fp32: the reference itself
+            return
         label = self.spec.id
-        for name, drop, limit in (("top-1", result.delta_top1_pp, max_top1_drop_pp),
-                                  ("top-5", result.delta_top5_pp, max_top5_drop_pp)):
+        how = f"; calibration: {result.calibration}" if result.calibration else ""
+        verdicts, failures, open_ = {}, [], []
+        top5 = cost.top5 or {}
+        for name, limit, delta, ci, eager_only, row_only in (
+                ("top-1", max_top1_drop_pp, cost.delta_top1_pp, cost.ci95_pp, cost.eager_only, cost.row_only),
+                ("top-5", max_top5_drop_pp, cost.delta_top5_pp, top5.get("ci95_pp"), top5.get("eager_only"),
+                 top5.get("row_only"))):
             if limit is None:
                 continue
-            assert drop is not None, f"{label}: no {name} figure to compare with eager fp32's"
-            key = "top1" if name == "top-1" else "top5"
-            how = f"; calibration: {result.calibration}" if result.calibration else ""
-            assert -drop <= limit, (
-                f"{label}: {name} {result[key]:.2%} is {-drop:.2f} pt below eager fp32's {result['reference_' + key]:.2%} "
-                f"on the same {result.samples} images (allowed: {limit} pt){how}")
+            assert delta is not None and ci is not None, f"{label}: no {name} figure to compare with eager fp32's"
+            verdict = verdicts[name] = cost_verdict(ci[0], ci[1], limit)
+            text = (f"{name} {delta:+.2f} pt vs eager fp32, 95% CI [{ci[0]:+.2f}, {ci[1]:+.2f}] ({cost.method}); "
+                    f"{eager_only} images right only in eager fp32, {row_only} only in this row, of {cost.n}; "
+                    f"allowed loss {limit:g} pt: {verdict}")
+            if verdict == EXCEEDS:
+                failures.append(text)
+            elif verdict == INCONCLUSIVE:
+                open_.append(text)
+        cost.check = {"max_top1_drop_pp": max_top1_drop_pp, "max_top5_drop_pp": max_top5_drop_pp, "verdict": verdicts}
+        for text in open_:
+            note = f"accuracy cost inconclusive: {text}"
+            if note not in result.notes:
+                result.notes.append(note)
+        self._publish()
+        if failures:
+            pytest.fail(f"{label}: accuracy cost exceeds the allowance: " + "; ".join(failures) + how, pytrace=False)
+        if open_ and self.bench.settings.strict:
+            pytest.fail(f"{label}: accuracy cost inconclusive (--cnn-strict): " + "; ".join(open_) + how, pytrace=False)

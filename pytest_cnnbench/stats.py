@@ -289,3 +289,85 @@ def session_pace(paces: Sequence[Optional[float]]) -> Optional[float]:
     """The pace of a whole session: the median of its cells' paces (None when none was judged)."""
     known = [p for p in paces if p]
     return statistics.median(known) if known else None
+
+
+# -- the accuracy cost of a row: a paired difference of proportions ---------------------------------
+PAIRED_METHOD = "Newcombe hybrid score (method 10)"
+WITHIN, EXCEEDS, INCONCLUSIVE = "within", "exceeds", "inconclusive"
+
+
+def wilson_interval(successes: int, n: int, z: float) -> tuple[float, float]:
+    """Wilson's score interval for one proportion (no continuity correction)."""
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    scale = 1 + z * z / n
+    return (centre - half) / scale, (centre + half) / scale
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedDifference:
+    """p1 - p2 of two proportions measured on the same n items, with its interval (fractions).
+
+    ``first_only`` items count for the first only (right in the row, wrong in the reference),
+    ``second_only`` for the second only: the discordant pairs, which alone move the difference."""
+
+    difference: float
+    low: float
+    high: float
+    n: int
+    first_only: int
+    second_only: int
+    level: float = 0.95
+    method: str = PAIRED_METHOD
+
+
+def paired_difference(both: int, first_only: int, second_only: int, neither: int, level: float = 0.95) -> PairedDifference:
+    """The difference of two paired proportions, (first_only - second_only) / n, with the hybrid score
+    interval of Newcombe (1998, Stat Med 17:2635-2650, method 10): Wilson score intervals for each
+    margin, combined with the phi correlation of the 2x2 table (corrected towards zero by n/2 when
+    positive, as the paper does). Unlike a conditional interval on the discordant pairs alone, it
+    stays informative with few or none: with no discordant pair it is the margins' own uncertainty,
+    not [0, 0]. Counts: a, b, c, d of the paired table (a: both succeed, d: neither)."""
+    counts = (both, first_only, second_only, neither)
+    if any(c < 0 for c in counts) or any(int(c) != c for c in counts):
+        raise ValueError(f"paired counts must be non-negative integers, got {counts}")
+    n = both + first_only + second_only + neither
+    if n == 0:
+        raise ValueError("paired counts are all zero: no items to compare")
+    if not 0 < level < 1:
+        raise ValueError(f"confidence level must be between 0 and 1, got {level}")
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + level / 2))
+    x1, x2 = both + first_only, both + second_only
+    p1, p2 = x1 / n, x2 / n
+    l1, u1 = wilson_interval(x1, n, z)
+    l2, u2 = wilson_interval(x2, n, z)
+    cross = both * neither - first_only * second_only
+    margins = x1 * (n - x1) * x2 * (n - x2)
+    phi = 0.0
+    if margins > 0:
+        phi = (max(cross - n / 2, 0.0) if cross > 0 else cross) / math.sqrt(margins)
+    difference = p1 - p2
+    lower = difference - math.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
+    upper = difference + math.sqrt(max((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2, 0.0))
+    return PairedDifference(difference, max(lower, -1.0), min(upper, 1.0), n, first_only, second_only, level)
+
+
+def cost_verdict(low_pp: float, high_pp: float, budget_pp: float) -> str:
+    """Judge an accuracy change's interval (row minus reference, in points; below zero: a loss)
+    against the loss a budget allows (``budget_pp`` >= 0):
+
+    - ``within``: even the interval's worst end loses at most the budget (``low_pp >= -budget_pp``);
+    - ``exceeds``: even its best end loses more than the budget (``high_pp < -budget_pp``);
+    - ``inconclusive``: it straddles the budget (the data cannot tell yet)."""
+    if budget_pp < 0 or math.isnan(budget_pp):
+        raise ValueError(f"an accuracy budget is a loss of zero or more points, got {budget_pp}")
+    if low_pp > high_pp:
+        raise ValueError(f"interval ends out of order: [{low_pp}, {high_pp}]")
+    if low_pp >= -budget_pp:
+        return WITHIN
+    if high_pp < -budget_pp:
+        return EXCEEDS
+    return INCONCLUSIVE

@@ -15,7 +15,7 @@ HEADERS = [
     "img/s", "host MB", "dev MB", "prep s", "speedup", "status",
 ]
 RANDOM_MARK = "*"
-COST_HEADER = "Δtop-1/5 pp"
+COST_HEADER = "Δtop-1"
 # Change columns (with --cnn-compare): key in a ``changes`` entry -> header; latency/img/s in %, top-1 in pp.
 CHANGE_HEADERS = {"p50": "p50 chg", "p99": "p99 chg", "throughput": "img/s chg", "top1": "top-1 chg"}
 BROKEN_MARK = "!"
@@ -120,22 +120,85 @@ def _num(value: Optional[float], fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def accuracy_cost_pp(r: dict[str, Any]) -> tuple[Optional[float], Optional[float]]:
-    """Top-1 and top-5 minus the same model's eager fp32 on the same images, in points."""
-    def delta(value: Optional[float], reference: Optional[float]) -> Optional[float]:
-        return None if value is None or reference is None else 100.0 * (value - reference)
-
-    return delta(r.get("top1"), r.get("reference_top1")), delta(r.get("top5"), r.get("reference_top5"))
-
-
 def _cost(r: dict[str, Any]) -> str:
-    if r["backend"] == "eager" and r.get("precision") == "fp32":
+    """The row's top-1 change against eager fp32 with its 95% interval, as the measurement made it."""
+    cost = r.get("accuracy_cost")
+    if not cost:
         return "-"
-    top1, top5 = accuracy_cost_pp(r)
-    if top1 is None:
-        return "-"
-    text = f"{top1:+.2f}" + ("" if top5 is None else f"/{top5:+.2f}")
+    low, high = cost["ci95_pp"]
+    text = f"{cost['delta_top1_pp']:+.2f} [{low:+.2f},{high:+.2f}]"
     return text + RANDOM_MARK if r.get("accuracy_valid") is False else text
+
+
+def _configuration(r: dict[str, Any], several: set[str]) -> str:
+    """A row named for a deployer: backend and precision, plus batch size and device where they vary."""
+    text = f"{r['backend']} {r.get('precision') or 'fp32'}"
+    if "batch_size" in several:
+        text += f" at batch {r['batch_size']}"
+    if "device" in several:
+        text += f" on {r.get('device')}"
+    return text
+
+
+def _over_eager_fp32(r: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The row's paired speedup when it was timed side by side with eager fp32, else None."""
+    given = r.get("speedup")
+    if not given or not given.get("value") or not given.get("paired"):
+        return None
+    if given.get("reference") != cell_label({**r, "backend": "eager", "precision": "fp32"}):
+        return None
+    return given
+
+
+def _with_interval(cost: dict[str, Any]) -> str:
+    low, high = cost["ci95_pp"]
+    return f"{cost['delta_top1_pp']:+.2f} pt [{low:+.2f}, {high:+.2f}]"
+
+
+def fastest_within_budget(results: list[dict[str, Any]]) -> list[str]:
+    """Per model, the configuration with the best paired speedup over eager fp32 among the rows whose
+    accuracy verdict is *within* the budget (--cnn-accuracy-budget), with its cost; the rows still
+    *inconclusive* beside it; or why none qualifies. Reads the verdicts the measurement made."""
+    models: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        if r.get("accuracy_cost") or (r.get("backend") == "eager" and r.get("precision") == "fp32"):
+            models.setdefault(r["model"], []).append(r)
+    judged = [r["accuracy_cost"] for rs in models.values() for r in rs if r.get("accuracy_cost")]
+    if not judged:
+        return []
+    budgets = sorted({c["budget_pp"] for c in judged})
+    budget = " or ".join(f"{b:g}" for b in budgets)
+    lines = [f"fastest within the accuracy budget, per model: of the configurations whose top-1 is at most {budget} "
+             f"point{'s' if budgets != [1.0] else ''} below eager fp32's on the same images (the whole 95% interval), "
+             f"the one with the best speedup over eager fp32, timed side by side:"]
+    for model, rows_ in models.items():
+        several = {f for f in ("batch_size", "device") if len({r.get(f) for r in rows_}) > 1}
+        costed = [r for r in rows_ if r.get("accuracy_cost")]
+        within = [r for r in costed if r["accuracy_cost"].get("verdict") == "within" and _over_eager_fp32(r)]
+        open_ = [r for r in costed if r["accuracy_cost"].get("verdict") == "inconclusive"]
+        pending = "; not yet known to be within it (the interval straddles the budget): " + ", ".join(
+            f"{_configuration(r, several)} ({_with_interval(r['accuracy_cost'])})" for r in open_) if open_ else ""
+        if within:
+            best = max(within, key=lambda r: _over_eager_fp32(r)["value"])  # type: ignore[index]
+            speed = _over_eager_fp32(best)
+            spread = speed.get("ci95_rel")  # type: ignore[union-attr]
+            spread_text = f" (±{100 * spread:.1f}%)" if spread is not None and math.isfinite(spread) else ""
+            slower = " (slower than eager fp32 itself)" if speed["value"] < 1 else ""  # type: ignore[index]
+            lines.append(f"  {model}: {_configuration(best, several)}, {speed['value']:.2f}x the speed of eager fp32"  # type: ignore[index]
+                         f"{spread_text}{slower}, top-1 {_with_interval(best['accuracy_cost'])} against it{pending}")
+            continue
+        if not costed:
+            why = "no row other than eager fp32 has an accuracy figure"
+        elif all(r["accuracy_cost"].get("verdict") is None for r in costed):
+            why = "its accuracy means nothing here (random weights or unlabelled data)"
+        elif any(r["accuracy_cost"].get("verdict") == "within" for r in costed):
+            why = "the rows within the budget were not timed side by side with eager fp32"
+        elif open_:
+            why = "no row is known to be within the budget yet"
+        else:
+            why = "every row loses more than the budget"
+        lines.append(f"  {model}: none qualifies: {why}{pending}")
+    return lines
 
 
 def _spread(lat: dict[str, Any]) -> str:
@@ -195,8 +258,9 @@ def format_table(results: Iterable[dict[str, Any]], tablefmt: str = "simple",
     change columns before the status; rows with a ``source`` (merged result files) get a column naming it."""
     results = list(results)
     verdict = session_verdict(results)
+    answer = fastest_within_budget(results)
     return (table_body(results, tablefmt, changes) + "\n" + (verdict + "\n" if verdict else "")
-            + "\n".join(table_notes(results)))
+            + "".join(line + "\n" for line in answer) + "\n".join(table_notes(results)))
 
 
 def shows_math(results: list[dict[str, Any]]) -> bool:
@@ -207,7 +271,7 @@ def shows_math(results: list[dict[str, Any]]) -> bool:
 def table_body(results: list[dict[str, Any]], tablefmt: str = "simple",
                changes: Optional[list[Optional[dict[str, Any]]]] = None) -> str:
     headers, body = list(HEADERS), rows(results)
-    if any(r.get("precision") not in (None, "fp32") for r in results):  # the precision trade: its accuracy cost
+    if any(r.get("accuracy_cost") for r in results):  # the precision (or backend) trade: its accuracy cost
         at = headers.index("agree")
         headers.insert(at, COST_HEADER)
         for row, r in zip(body, results):
@@ -241,8 +305,10 @@ def table_notes(results: list[dict[str, Any]]) -> list[str]:
         notes.append(f"{RANDOM_MARK} accuracy of random (not pretrained) weights or unlabelled data: not meaningful, not asserted")
     if any(r.get("agreement") and not r["agreement"].get("meaningful") for r in results):
         notes.append("(n/m) top-1 agreement not meaningful: the eager reference predicts (nearly) one class for every input")
-    if any(r.get("precision") not in (None, "fp32") for r in results):
-        notes.append(f"{COST_HEADER} = top-1/top-5 minus the same model's eager fp32 on the same images, in points")
+    if any(r.get("accuracy_cost") for r in results):
+        method = next(r["accuracy_cost"]["method"] for r in results if r.get("accuracy_cost"))
+        notes.append(f"{COST_HEADER} = top-1 minus the same model's eager fp32 on the same images, in points, "
+                     f"[its 95% interval, paired image by image: {method}]")
     if any(FALLBACK_MARK in _speedup(s, r) for s, r in zip(speedups(results), results)):
         notes.append(f"{FALLBACK_MARK} speedup over eager fp32: eager has no path for this precision on this device")
     if any(s is not None and not s.get("paired") for s in speedups(results)):

@@ -51,6 +51,14 @@ AGREEMENT = {
 CPU_INT8_AGREEMENT = {"resnet50": (2.0, 0.04), "googlenet": (1.2, 0.15), "alexnet": (0.4, 0.6)}
 
 
+# What a row other than eager fp32 may cost in top-1, in points, judged by the 95% interval of the paired
+# difference on the same images (docs/accuracy.md): 1 point, about MLPerf's int8 rule (99% of fp32's top-1)
+# at these models' top-1. On the 1000-image sample a row that flips a few percent of the images has a
+# half-width near one point, so a small real cost reads "inconclusive" (passes, said in the row; fails
+# with --cnn-strict) rather than "within". Not asserted where the weights are random (nothing to judge).
+MAX_TOP1_DROP_PP = 1.0
+
+
 def agreement_limits(device: str, precision: str, model: str) -> tuple[float, float]:
     if (device, precision) == ("cpu", "int8"):
         return CPU_INT8_AGREEMENT.get(model, (2.0, 0.04))
@@ -61,6 +69,7 @@ def test_imagenet_model(cnnbench):
     result = cnnbench.run()
     max_rel_err, min_agree = agreement_limits(cnnbench.device, cnnbench.spec.precision, cnnbench.spec.model)
     cnnbench.check_agreement(max_rel_err=max_rel_err, min_top1_agree=min_agree)
+    cnnbench.check_precision_cost(max_top1_drop_pp=MAX_TOP1_DROP_PP)
     user_floors = dict(cnnbench.bench.settings.min_top1)
     floor = top1_floor(cnnbench.spec.model, result, user=user_floors, suite=MIN_TOP1)
     # min_relative_to_eager=0.99: every row's top-1 at least 99% of eager fp32's on the same images,

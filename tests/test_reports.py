@@ -235,14 +235,19 @@ def test_table_tells_tests_apart_and_speedup_stays_within_a_test():
 
 def test_table_shows_the_accuracy_cost_of_reduced_precision():
     from pytest_cnnbench import table
+    from pytest_cnnbench.results import AccuracyCost
+    from pytest_cnnbench.stats import paired_difference
 
     rows = [cell("net", "eager", top1=0.90, reference_top1=0.90, reference_top5=0.95),
             cell("net", "ort", precision="int8", top1=0.885, reference_top1=0.90, reference_top5=0.95)]
-    rows[1]["top5"] = 0.949
+    rows[1]["accuracy_cost"] = AccuracyCost.from_pairs(paired_difference(880, 5, 20, 95), None, 1.0, True).as_dict()
     text = table.format_table(rows)
     header, _, eager, int8 = text.splitlines()[:4]
-    assert "Δtop-1/5 pp" in header and "-1.50/-0.10" in int8 and "Δtop-1/5 pp = top-1/top-5 minus" in text
-    assert "Δtop-1/5" not in table.format_table(rows[:1])  # fp32 only: no column
+    low, high = rows[1]["accuracy_cost"]["ci95_pp"]
+    assert "Δtop-1" in header and f"-1.50 [{low:+.2f},{high:+.2f}]" in int8 and "Δtop-1 = top-1 minus" in text
+    assert "Δtop-1" not in table.format_table(rows[:1])  # eager fp32 only: no column
+    del rows[1]["accuracy_cost"]
+    assert "Δtop-1" not in table.format_table(rows)  # no measured cost: nothing recomputed from top-1
 
 
 def test_table_says_when_accuracy_was_not_asserted():

@@ -175,13 +175,20 @@ def deployment(cell: Any, prepared: Any, result: Any) -> Optional[Deployment]:
             "threads": result.threads, "precision": cell.spec.precision, "device": "cpu" if cell.device == "cpu" else "cuda",
             "device_index": result.gpu or 0, "loader_module": loader.__module__, "loader_name": loader.__qualname__,
             "loader_file": getattr(sys.modules.get(loader.__module__), "__file__", "") or ""}
-    found = Deployment(loader, artifact, spec)
-    if backend == "ort" and loader is BUILTIN["ort"]:
+    runtime = backend if loader is BUILTIN.get(backend) else None
+    return with_runtime_cache(Deployment(loader, artifact, spec), runtime, root)
+
+
+def with_runtime_cache(found: Deployment, runtime: Optional[str], root: Path) -> Deployment:
+    """Where ``runtime``'s own cache lives for this artifact (none for runtimes without one)."""
+    root = _private_dir(root)
+    if runtime == "ort":
         found.runtime = "ort"
         found.shared = _private_dir(root / "ort-optimized")
-        name = hashlib.sha256("\n".join((_file_sha256(artifact), _version("onnxruntime"), _machine_id())).encode())
-        spec["cache_file"] = str(found.shared / f"{name.hexdigest()[:32]}.onnx")
-    elif backend == "openvino" and loader is BUILTIN["openvino"]:
+        # The optimized model holds this CPU's kernels' layouts: one per source model, ONNX Runtime and CPU.
+        name = hashlib.sha256("\n".join((_file_sha256(found.artifact), _version("onnxruntime"), _machine_id())).encode())
+        found.spec["cache_file"] = str(found.shared / f"{name.hexdigest()[:32]}.onnx")
+    elif runtime == "openvino":
         found.runtime = "openvino"  # OpenVINO keys its blobs itself (model, configuration, device, version)
         found.shared = _private_dir(root / f"openvino-cache-{_version('openvino')}")
     return found

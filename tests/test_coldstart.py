@@ -128,5 +128,5 @@ def test_table_has_a_row_per_cell_and_names_the_quickest_backend_per_model():
     assert "no deployable artifact" in lines[3]
     assert "0.90 s [0.80-1.00]" in lines[4] and "0.50 s [0.40-0.60]" in lines[4] and "hit" in lines[4]
     assert "FAILED: the child was killed after 8 s" in lines[6]
-    assert lines[-1] == "cold start: quickest first answer for lenet: ort bs1 (0.50 s, warm runtime cache)"
+    assert lines[-1] == "cold start: quickest first answer for lenet: ort bs1 (0.50 s, warm run)"
     assert format_cold_start_table([results[-1]]) is None

@@ -19,6 +19,7 @@ OPTIONS = {
     "cnn-cold-start-runs": ("cold start: children of each kind (cold, warm), alternating", "3"),
     "cnn-cold-start-timeout": ("cold start: kill a child (and fail the cell) after this many seconds", "300"),
 }
+FLAGS = {"cnn-cold-start"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +36,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("cnnbench", "CNN inference benchmarking (pytest-cnnbench)")
     for name, (text, default) in OPTIONS.items():
         ini = name.replace("-", "_")
-        if default is None:
+        if name in FLAGS:
             group.addoption(f"--{name}", action="store_true", default=None, dest=ini, help=text)
             parser.addini(ini, text, type="bool", default=False)
         else:

@@ -74,5 +74,5 @@ def format_cold_start_table(results: list[dict[str, Any]]) -> Optional[str]:
              "median [min-max] over the runs; OS page cache warm"]
     lines.append(tabulate(body, headers=headers, tablefmt="simple"))
     for model, (backend, seconds) in sorted(quickest(results).items()):
-        lines.append(f"cold start: quickest first answer for {model}: {backend} ({seconds:.2f} s, warm runtime cache)")
+        lines.append(f"cold start: quickest first answer for {model}: {backend} ({seconds:.2f} s, warm run)")
     return "\n".join(lines)

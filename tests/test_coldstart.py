@@ -70,6 +70,39 @@ def test_warm_start_is_a_hit_by_the_runtimes_evidence_and_a_changed_model_misses
     assert stat.S_IMODE(first.shared.stat().st_mode) == 0o700 and stat.S_IMODE(root.stat().st_mode) == 0o700
 
 
+HOLD_LOCK = """
+import sys, time
+from pytest_cnnbench.worklock import MachineLock
+with MachineLock("cpu").exclusive():
+    print("held", flush=True)
+    time.sleep(float(sys.argv[1]))
+"""
+
+
+def test_the_child_takes_the_timing_lock_itself_and_the_parent_must_not_hold_it(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from pytest_cnnbench.coldstart.run import run_child, run_once
+    from pytest_cnnbench.worklock import MachineLock
+
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("CNNBENCH_LOCK_DIR", str(tmp_path / "locks"))
+    found = deployment("ort", tiny_onnx(tmp_path / "a.onnx", seed=0), tmp_path / "coldstart")
+    # Another worker's timed section: the child waits for it before its first stage.
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, "3"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        record = run_once(found, "cold", timeout=120)
+    finally:
+        holder.wait(timeout=30)
+    assert record["lock_wait_s"] > 1.5, record
+    assert run_once(found, "warm", timeout=120)["lock_wait_s"] < 1.5  # nobody holds it now
+    # A parent inside a timed section would wait on its own child for ever: refused.
+    with MachineLock("cpu").exclusive(), pytest.raises(RuntimeError, match="holds the machine's timing lock"):
+        run_child(found.spec, timeout=30)
+
+
 def test_raising_and_hanging_children_fail_their_cells_and_the_session_goes_on(tiny_project: pytest.Pytester,
                                                                                tmp_path):
     project = tiny_project
@@ -87,7 +120,8 @@ def test_raising_and_hanging_children_fail_their_cells_and_the_session_goes_on(t
     raising, hanging = rows["ort-deploy-raises"], rows["ort-deploy-hangs"]
     assert raising["status"] == "failed"
     assert raising["reason"].endswith("cold start: the child failed: RuntimeError: the artifact refused to load, on purpose")
-    assert hanging["status"] == "failed" and hanging["reason"].endswith("cold start: the child was killed after 8 s: it never answered")
+    assert hanging["status"] == "failed"
+    assert hanging["reason"].endswith("cold start: the child was killed after 8 s: it never answered")
     assert raising["latency_ms"] is not None and raising["cold_start"]["status"] == "failed"  # measured, then failed
     assert rows["eager"]["status"] == "passed" and rows["eager"]["cold_start"]["status"] == NO_ARTIFACT
     openvino = rows["openvino"]["cold_start"]

@@ -88,8 +88,11 @@ def main(argv: list[str]) -> int:
     spec = json.loads(argv[1])
     from pytest_cnnbench.worklock import for_device  # standard library only
 
+    waiting = time.perf_counter()
     with for_device(spec.get("device", "cpu"), spec.get("device_index", 0)).exclusive():
+        waited = time.perf_counter() - waiting  # another worker's timed section, or its heavy work
         record = deploy(spec)
+    record["lock_wait_s"] = waited
     from pytest_cnnbench.coldstart import RESULT_MARKER
 
     sys.stdout.write("\n" + RESULT_MARKER + json.dumps(record) + "\n")

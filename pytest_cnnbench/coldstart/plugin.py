@@ -11,7 +11,6 @@ from typing import Any, Optional
 
 import pytest
 
-from . import NO_ARTIFACT
 
 OPTIONS = {
     "cnn-cold-start": ("after each cell's measurement, deploy its artifact in fresh Python processes and time the "

@@ -9,6 +9,7 @@ each child, and the docs say so rather than drop the machine's caches.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -157,7 +158,7 @@ def _aoti_package(cell: Any) -> Path:
 
 def deployment(cell: Any, prepared: Any, result: Any) -> Optional[Deployment]:
     """The cell's deployment, or None when it has no serialized artifact (eager, a backend without one)."""
-    from .loaders import BUILTIN, blob_files  # noqa: F401  (no runtime imported)
+    from .loaders import BUILTIN  # no runtime imported
 
     backend = cell.spec.backend
     loader = getattr(prepared, "deploy_loader", None) or BUILTIN.get(backend)
@@ -218,7 +219,7 @@ def run_child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     try:
         out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        with _suppress_lookup():
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
         raise ColdStartError(f"the child was killed after {timeout:g} s: it never answered") from None
@@ -233,14 +234,6 @@ def run_child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     record["first_answer_s"] = (record["interpreter_start_s"] + record["import_s"] + record["load_s"]
                                 + record["first_inference_ms"] / 1e3)
     return record
-
-
-class _suppress_lookup:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, *rest: Any) -> bool:
-        return kind is not None and issubclass(kind, ProcessLookupError)
 
 
 def _publish(scratch: Path, shared: Path) -> None:

@@ -70,6 +70,29 @@ def test_warm_start_is_a_hit_by_the_runtimes_evidence_and_a_changed_model_misses
     assert stat.S_IMODE(first.shared.stat().st_mode) == 0o700 and stat.S_IMODE(root.stat().st_mode) == 0o700
 
 
+def test_an_aotinductor_package_answers_in_a_fresh_process_without_the_models_code(tmp_path, monkeypatch):
+    """The inductor row's deployment: a .pt2 from aoti_compile_and_package, loaded with aoti_load_package
+    in a child that has neither the model's class nor a compile step (about 20 s: one C++ build)."""
+    torch = pytest.importorskip("torch")
+    from pytest_cnnbench.backends.inductor import cxx_compiler
+
+    if cxx_compiler() is None:
+        pytest.skip("AOTInductor needs a C++ compiler")
+    from pytest_cnnbench.coldstart import loaders, run
+
+    monkeypatch.setenv("CNNBENCH_LOCK_DIR", str(tmp_path / "locks"))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten()).eval()
+    program = torch.export.export(model, (torch.randn(1, 3, 8, 8),))
+    package = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "tiny.pt2"))
+    spec = {"artifact": package, "input_shape": [1, 3, 8, 8], "threads": 1, "precision": "fp32", "device": "cpu",
+            "loader_module": loaders.AotiLoader.__module__, "loader_name": "AotiLoader"}
+    found = run.with_runtime_cache(run.Deployment(loaders.AotiLoader, Path(package), spec), None, tmp_path / "coldstart")
+    record = run.run_once(found, "cold", timeout=300)
+    assert record["runtime_cache"] == "none" and record["load_s"] > 0 and record["steady_p50_ms"] > 0
+
+
 HOLD_LOCK = """
 import sys, time
 from pytest_cnnbench.worklock import MachineLock

@@ -151,6 +151,10 @@ def test_raising_and_hanging_children_fail_their_cells_and_the_session_goes_on(t
     assert rows["openvino"]["status"] == "passed" and openvino["status"] == "measured"
     assert openvino["cold"]["runtime_cache"] == "miss" and openvino["warm"]["runtime_cache"] == "hit"
     assert any("LOADED_FROM_CACHE=True" in e for e in openvino["warm"]["evidence"])
+    for key in ("import_s", "load_s", "first_inference_ms", "first10_ms", "steady_p50_ms", "peak_rss_mb", "artifact_mb",
+                "first_answer_s", "interval"):
+        assert openvino["cold"][key] and openvino["warm"][key], key
+    assert openvino["os_page_cache"].startswith("warm")
     result.stdout.fnmatch_lines(["*cold start: a fresh Python process per run*",
                                  "*tiny*eager*no deployable artifact*",
                                  "*tiny*openvino*miss*hit*",

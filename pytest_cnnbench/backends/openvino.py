@@ -110,6 +110,7 @@ class OpenVinoBackend:
         onnx_path, cache_hit = OrtBackend().export(module, ctx)
         if ctx.precision == "int8":
             model, cache_hit, size, artifact_name = self._int8_model(onnx_path, ctx)
+            # The IR's .xml (its .bin beside it); artifact_name starts with its cache name, "openvino-int8/<key>".
             artifact_path = ctx.cache.path("openvino-int8", artifact_name.split()[0].split("/")[-1], ".xml")
         else:
             model, size = _core().read_model(str(onnx_path)), onnx_path.stat().st_size

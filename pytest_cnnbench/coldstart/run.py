@@ -290,5 +290,5 @@ def measure(cell: Any, prepared: Any, result: Any, runs: int, timeout: float) ->
         record.status, record.error = "failed", str(exc)
     for kind in KINDS:
         if done[kind]:
-            setattr(record, kind, summarize(done[kind]))
+            setattr(record, kind, {**summarize(done[kind]), "artifact_mb": record.artifact_mb})
     return record

@@ -22,8 +22,8 @@ def _seconds(entry: dict[str, Any], name: str = "first_answer_s") -> str:
 def _stages(entry: dict[str, Any]) -> str:
     if not entry or entry.get("import_s") is None:
         return "-"
-    return (f"{entry['interpreter_start_s']:.2f}+{entry['import_s']:.2f}+{entry['load_s']:.2f}+"
-            f"{entry['first_inference_ms'] / 1e3:.3f}")
+    return (f"{entry['interpreter_start_s']:.2f}+{entry['import_s']:.2f}+{entry['load_s']:.2f} s, "
+            f"1st {entry['first_inference_ms']:.3g} ms")
 
 
 def _cache(entry: dict[str, Any]) -> str:
@@ -52,7 +52,7 @@ def format_cold_start_table(results: list[dict[str, Any]]) -> Optional[str]:
     if not rows:
         return None
     headers = ["model", "backend", "prec", "bs", "artifact MB", "cold: first answer", "cold cache",
-               "warm: first answer", "warm cache", "warm stages s (start+import+load+1st)", "steady p50 ms", "peak RSS MB"]
+               "warm: first answer", "warm cache", "warm: start+import+load, 1st call", "steady p50 ms", "peak RSS MB"]
     body = []
     for r in rows:
         record = r["cold_start"]

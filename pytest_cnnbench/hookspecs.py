@@ -32,5 +32,13 @@ def pytest_cnnbench_update_json(config: pytest.Config, document: dict[str, Any])
     run's own; what is added must be JSON."""
 
 
+def pytest_cnnbench_cell_measured(cell: Any, prepared: Any, result: Any) -> None:
+    """Called once per cell after its measurement, while its prepared backend is still open and no
+    timing lock is held: ``cell`` is the ``cnnbench`` fixture's runner (spec, model, workbench, item),
+    ``prepared`` the backend's prepared model (``artifact_path`` where it has a file on disk), ``result``
+    the cell's ``CellResult`` (``result["key"] = ...`` adds a field to its row). Sub-plugins such as the
+    cold start (``coldstart/``) measure more of the cell here."""
+
+
 def pytest_cnnbench_result(config: pytest.Config, result: dict[str, Any]) -> None:
     """Called (on the controlling process) once for each finished cell's result."""

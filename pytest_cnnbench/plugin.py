@@ -38,6 +38,9 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     from . import hookspecs
 
     pluginmanager.add_hookspecs(hookspecs)
+    from .coldstart import plugin as coldstart  # sub-plugin: its options always parse; it acts when selected
+
+    pluginmanager.register(coldstart, "cnnbench-coldstart")
 
 
 @pytest.hookimpl(wrapper=True)

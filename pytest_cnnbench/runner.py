@@ -224,6 +224,8 @@ class CellRunner:
 
             with _phase(phases, "timing"), self.lock.exclusive():
                 loadgen = run_for_cell(bench.settings, spec, prepared, images, labels, stats, result, self.item.name)
+            # Sub-plugins that measure more of the cell (coldstart/), outside any timing lock.
+            self.request.config.hook.pytest_cnnbench_cell_measured(cell=self, prepared=prepared, result=result)
         finally:
             for held in (prepared, reference_prepared):
                 if held is not None:

@@ -110,9 +110,12 @@ class OpenVinoBackend:
         onnx_path, cache_hit = OrtBackend().export(module, ctx)
         if ctx.precision == "int8":
             model, cache_hit, size, artifact_name = self._int8_model(onnx_path, ctx)
+            # The IR's .xml (its .bin beside it); artifact_name starts with its cache name, "openvino-int8/<key>".
+            artifact_path = ctx.cache.path("openvino-int8", artifact_name.split()[0].split("/")[-1], ".xml")
         else:
             model, size = _core().read_model(str(onnx_path)), onnx_path.stat().st_size
             artifact_name = ctx.cache.content_id(onnx_path)
+            artifact_path = onnx_path
         model.reshape({0: [ctx.batch_size, *ctx.input_shape]})
         config = {
             "INFERENCE_PRECISION_HINT": "f16" if ctx.precision == "fp16" else "f32",
@@ -123,6 +126,7 @@ class OpenVinoBackend:
         progress.update(f"OpenVINO compile_model (batch {ctx.batch_size})")
         compiled = _core().compile_model(model, "CPU", config)
         prepared = OpenVinoPrepared(compiled, ctx.batch_size, f"openvino CPU {ov.__version__.split('-')[0]}", size, cache_hit)
+        prepared.artifact_path = artifact_path  # the model a deployment compiles (coldstart/)
         # The compiled shape is static (the batch size) and the precision hint picks kernels: both are in the id.
         prepared.artifact_id = (f"openvino {ov.__version__} {artifact_name} {config['INFERENCE_PRECISION_HINT']} "
                                 f"batch {ctx.batch_size}")

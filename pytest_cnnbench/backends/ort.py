@@ -268,6 +268,7 @@ class OrtBackend:
             raise RuntimeError(f"ONNX Runtime fell back to {active[0]} instead of {wanted}; refusing to report its figures as {wanted}'s")
         prepared = OrtPrepared(session, active[0], path.stat().st_size, cache_hit, ctx.device, self.math(session, ctx))
         prepared.artifact_id = f"onnxruntime {ort.__version__} {active[0]} {ctx.cache.content_id(path)}"
+        prepared.artifact_path = path  # the model file a deployment loads (coldstart/)
         if ctx.precision == "int8":
             from .ort_quant import this_cpu_scheme
 

@@ -59,6 +59,7 @@ class TorchScriptBackend:
             prepared = TorchPrepared(scripted, ctx.device, ctx.precision, f"torchscript {variant} {ctx.device}",
                                      path.stat().st_size, cache_hit=cache_hit)
             prepared.artifact_id = f"torch {torch.__version__} {ctx.cache.content_id(path)} {variant}"
+            prepared.artifact_path = path  # the frozen archive a deployment loads (coldstart/)
             return prepared
 
     def _fastest(self, frozen: torch.jit.ScriptModule, ctx: PrepareContext) -> tuple[torch.jit.ScriptModule, str]:

@@ -92,7 +92,9 @@ class TrtBackend:
                                    accepts_profile)
             if found is not None:
                 compiled, path = found
-                return self._prepared(compiled, ctx, provider, path.stat().st_size, True, max_batch, dtype)
+                prepared = self._prepared(compiled, ctx, provider, path.stat().st_size, True, max_batch, dtype)
+                prepared.artifact_path = path  # the saved program with its engines, as a deployment loads it (coldstart/)
+                return prepared
 
             model = copy.deepcopy(module).eval().to("cuda", dtype)
             export_mode: Any = contextlib.nullcontext()
@@ -116,12 +118,15 @@ class TrtBackend:
                 torch_tensorrt.save(compiled, path, output_format="exported_program", arg_inputs=[example],
                                     dynamic_shapes=batch_dynamic_shapes(max_batch))
 
+            path = None
             try:
                 path = ctx.cache.store("trt", key, SUFFIX, lambda tmp: save_pt2(save, tmp))
                 size = path.stat().st_size
             except Exception as exc:  # the engine still runs; it is rebuilt next run
                 warnings.warn(f"cnnbench: TensorRT engine not cached ({type(exc).__name__}: {exc})")
-            return self._prepared(compiled, ctx, provider, size, False, max_batch, dtype)
+            prepared = self._prepared(compiled, ctx, provider, size, False, max_batch, dtype)
+            prepared.artifact_path = path  # None when it could not be saved: then no deployable artifact (coldstart/)
+            return prepared
 
     @staticmethod
     def _quantize_int8(model: torch.nn.Module, ctx: PrepareContext) -> torch.nn.Module:

@@ -157,7 +157,7 @@ def test_pytest_html_report_gets_the_table_and_row_columns(tiny_project):
     assert result.ret == 0, result.stdout.str()
     report = (tiny_project.path / "report.html").read_text()
     rows = json.loads((tiny_project.path / "r.json").read_text())["results"]
-    summary = report[report.index('<div class="additional-summary summary">'):report.index('<table id="results-table">')]
+    summary = report[report.index('<div class="additional-summary summary">'):report.index('<div class="additional-summary postfix">')]
     assert summary.count("<tr id=") == len(rows) == 2
     assert "<h2>cnnbench results</h2>" in summary and "speedup = eager p50 / p50" in summary
     assert summary.count('<figure class="chart"') == 1  # the tiny model's chart

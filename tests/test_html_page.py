@@ -151,10 +151,15 @@ def test_page_marks_regressions_against_a_baseline():
 
 
 def test_pytest_html_report_gets_the_table_and_row_columns(tiny_project):
+    """Under pytest-xdist (results travel in user_properties), with --cnn-report's page written beside it."""
     pytest.importorskip("pytest_html")
-    result = tiny_project.runpytest_subprocess("--cnn-backend=eager,ort", "--html=report.html",
-                                               "--self-contained-html", "--cnn-json=r.json", *FAST)
+    pytest.importorskip("xdist")
+    result = tiny_project.runpytest_subprocess("--cnn-backend=eager,ort", "--html=report.html", "-n", "2",
+                                               "--self-contained-html", "--cnn-json=r.json", "--cnn-report=page.html",
+                                               *FAST)
     assert result.ret == 0, result.stdout.str()
+    page = (tiny_project.path / "page.html").read_text()
+    assert page.count("<tr id=") == 2 and "default-src 'none'" in page and page.count('<figure class="chart"') == 1
     report = (tiny_project.path / "report.html").read_text()
     rows = json.loads((tiny_project.path / "r.json").read_text())["results"]
     summary = report[report.index('<div class="additional-summary summary">'):report.index('<div class="additional-summary postfix">')]

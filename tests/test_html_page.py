@@ -185,3 +185,17 @@ def test_pytest_html_report_gets_the_table_and_row_columns(tiny_project):
     # Without pytest-html loaded, the plugin configures as before, and that is no error.
     plain = tiny_project.runpytest_subprocess("--cnn-backend=eager", "-p", "no:html", "--collect-only", "-q")
     assert plain.ret == 0, plain.stdout.str()
+
+
+def test_summary_has_the_scenario_table_when_scenarios_ran():
+    from pytest_cnnbench.page import summary
+
+    document = json.loads(SAVED.read_text())
+    plain = summary(document["results"], with_charts=False)
+    assert "Deployment scenarios" not in plain
+    rows = json.loads(json.dumps(document["results"]))
+    rows[2]["scenarios"] = {"single-stream": {"p90_ms": 0.0252, "loadgen": "VALID", "submission_length": False}}
+    rows[2]["loadgen"] = {"accuracy": {"top1": rows[2]["top1"], "plugin_top1": rows[2]["top1"], "total": 10000}}
+    text = summary(rows, with_charts=False)
+    assert "<h2>Deployment scenarios (MLPerf LoadGen)</h2>" in text and "not submission length" in text
+    assert "<td>0.025 ms [VALID, short run]</td>" in text and "<th>SingleStream p90" in text

@@ -20,9 +20,12 @@ TITLE = "pytest-cnnbench results"
 PLOT_HINT = "pip install 'pytest-cnnbench[plot]'"
 FILTER_COLUMNS = ("model", "backend", "prec", "bs")  # table headers the page filters by
 
-STYLE = """
+# The page's own look; pytest-html's report keeps its own (STYLE is scoped to .cnnbench).
+PAGE_STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em;color:#1d1d1f;background:#fff}
 h1{font-size:1.5em;margin:0 0 .2em}h2{font-size:1.2em;margin:1.6em 0 .5em;border-bottom:1px solid #ddd}
+"""
+STYLE = """
 .cnnbench table{border-collapse:collapse;font-variant-numeric:tabular-nums;margin:.4em 0}
 .cnnbench th,.cnnbench td{border:1px solid #d8d8d8;padding:3px 7px;text-align:left;white-space:nowrap}
 .cnnbench thead th{background:#f2f2f4;position:sticky;top:0}
@@ -228,7 +231,7 @@ def page(results: Sequence[dict[str, Any]], environment: dict[str, Any], compari
         # No request to any host: the policy forbids every source but what is inline in this file.
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">",
-        f"<title>{_esc(title)}</title><style>{STYLE}</style></head>",
+        f"<title>{_esc(title)}</title><style>{PAGE_STYLE}{STYLE}</style></head>",
         '<body class="cnnbench">', f"<h1>{_esc(title)}</h1>",
         f"<p>{len(results)} cell(s) on {_esc(where)}" + (f", finished {_esc(when)}" if when else "") + ".</p>",
         "<h2>Comparison table</h2>",

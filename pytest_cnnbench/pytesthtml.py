@@ -3,7 +3,7 @@
 A sub-plugin, registered by plugin.py only when pytest-html is loaded (its hooks exist only then):
 the summary gets the table, the lines under it, the comparison, the scenario table and the charts
 (page.py's pieces); each cell's test row gets its p50, speedup, top-1 and status, the p50 linking to
-the cell's row in that table. Figures come from each report's ``user_properties`` (as the table's
+the cell's row in that table, and its whole result record as a JSON link. Figures come from each report's ``user_properties`` (as the table's
 do), so they arrive under pytest-xdist too.
 """
 
@@ -46,6 +46,17 @@ class PytestHtmlExtras:
         link = f'<a href="#{html.escape(anchor(report.nodeid, index))}" title="its row in the cnnbench table">{p50}</a>'
         return [link if p50 != "-" else p50, html.escape(text["speedup"]), html.escape(text["top-1"]),
                 html.escape(text["status"])]
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> Any:
+        """The cell's whole result record (the JSON's) as a link in its row's Links column."""
+        report = yield
+        props = dict((k, v) for k, v in item.user_properties if k == R.RESULT_PROPERTY)
+        if report.when == "call" and R.RESULT_PROPERTY in props:
+            from pytest_html import extras
+
+            report.extras = [*getattr(report, "extras", []), extras.json(props[R.RESULT_PROPERTY], name="cnnbench result")]
+        return report
 
     def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str],
                                     session: pytest.Session) -> None:

@@ -9,6 +9,7 @@ so these tests cost a browser start, not a benchmark.
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import re
@@ -180,6 +181,11 @@ def test_pytest_html_report_gets_the_table_and_row_columns(tiny_project):
         top1 = f"{100 * r['top1']:.2f}%" + ("*" if r["accuracy_valid"] is False else "")
         assert cells[4:6] == [f'<td class="cnnbench">{top1}</td>', f'<td class="cnnbench">{r["status"]}</td>'], cells
         assert f'<tr id="{anchor}">' in summary
+        links = [e for e in blob["tests"][r["test"]][0]["extras"] if e["name"] == "cnnbench result"]
+        assert len(links) == 1 and links[0]["format_type"] == "json", blob["tests"][r["test"]][0]["extras"]
+        assert f'href="{links[0]["content"]}"' in cells[-1]  # self-contained: the record inline, as data:
+        record = json.loads(base64.b64decode(links[0]["content"].split(";base64,", 1)[1]))
+        assert record["latency_ms"] == r["latency_ms"] and record["model"] == r["model"]
     assert blob["tests"][rows[0]["test"]][0]["resultsTableRow"][3] == '<td class="cnnbench">ref</td>'
     assert re.fullmatch(r'<td class="cnnbench">\d+\.\d\dx ±[\d.]+%</td>', blob["tests"][rows[1]["test"]][0]["resultsTableRow"][3])
     # Without pytest-html loaded, the plugin configures as before, and that is no error.

@@ -145,6 +145,22 @@ def results_table(results: Sequence[dict[str, Any]], changes: Optional[list[Opti
     return head + "<tbody>" + "".join(out)
 
 
+def under_table(results: Sequence[dict[str, Any]]) -> str:
+    """The lines under the table (table.py's), then, as the terminal lists them, the cells disturbed while timed."""
+    results = list(results)
+    if not results:
+        return ""
+    out = _lines(table.lines_under_table(results))
+    disturbed = [r for r in results if (r.get("latency_ms") or {}).get("stable") is False]
+    if disturbed:
+        from .machine import disturbed_message
+
+        out += (f"<p>{len(disturbed)} cell(s) disturbed while timed ({table.UNSTABLE_MARK} in the table); their p50s "
+                "may be off by more than the table shows:</p>"
+                + _lines([f"DISTURBED {disturbed_message(r)}" for r in disturbed]))
+    return out
+
+
 def scenario_section(results: Sequence[dict[str, Any]]) -> str:
     """The MLPerf LoadGen scenario table, when scenarios ran; "" otherwise."""
     from .mlperf.table import format_scenario_table
@@ -209,7 +225,7 @@ def summary(results: Sequence[dict[str, Any]], comparison: Any = None, with_char
     changes = comparison.table_changes() if comparison is not None else None
     parts = ['<div class="cnnbench"><style>', STYLE, "</style><h2>cnnbench results</h2>",
              '<div class="scroll" id="cnn-table">', results_table(results, changes), "</div>",
-             _lines(table.lines_under_table(results)) if results else "",
+             under_table(results),
              comparison_section(comparison), scenario_section(results)]
     if with_charts:
         parts += ["<h2>Latency and accuracy by model</h2>", charts(results)]
@@ -238,7 +254,7 @@ def page(results: Sequence[dict[str, Any]], environment: dict[str, Any], compari
         f'<div class="filters" id="cnn-filters" data-columns="{",".join(FILTER_COLUMNS)}">'
         '<span id="cnn-shown"></span></div>',
         '<div class="scroll" id="cnn-table">', results_table(results, changes), "</div>",
-        _lines(table.lines_under_table(results)) if results else "",
+        under_table(results),
         comparison_section(comparison), scenario_section(results),
         "<h2>Latency and accuracy by model</h2>",
         "<p>Per model, left: p50 latency per batch by backend (bar, with its 95% interval), p90 (black tick) and "

@@ -205,3 +205,16 @@ def test_summary_has_the_scenario_table_when_scenarios_ran():
     text = summary(rows, with_charts=False)
     assert "<h2>Deployment scenarios (MLPerf LoadGen)</h2>" in text and "not submission length" in text
     assert "<td>0.025 ms [VALID, short run]</td>" in text and "<th>SingleStream p90" in text
+
+
+def test_disturbed_cells_are_listed_under_the_table_as_the_note_says():
+    from pytest_cnnbench.page import page
+
+    document = json.loads(SAVED.read_text())
+    rows = json.loads(json.dumps(document["results"]))
+    for r in rows:
+        r["latency_ms"]["stable"] = True
+    assert "DISTURBED" not in page(rows, document["environment"])
+    rows[1]["latency_ms"]["stable"] = False
+    text = page(rows, document["environment"])
+    assert "1 cell(s) disturbed while timed" in text and "<li>DISTURBED lenet-torchscript-bs1 p50" in text

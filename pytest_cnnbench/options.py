@@ -41,7 +41,7 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
     "cnn-profile": ("print where the run's time went (model, data, prepare, accuracy, timing) after the table", None),
     "cnn-no-download": ("never download data or weights (also $CNNBENCH_NO_DOWNLOAD=1)", None),
     "cnn-report": ("write reports, chosen by extension: .md (table and environment), .csv (one row per cell), "
-                   ".json (as --cnn-json); comma list, may be repeated", None),
+                   ".json (as --cnn-json), .html (a page in one file: sortable table, charts); comma list, may be repeated", None),
     "cnn-plot": ("draw latency by backend and accuracy against latency into this image (.png, .svg or .pdf; "
                  "needs pytest-cnnbench[plot])", None),
     "cnn-compare": ("compare with this result file of an earlier run (from --cnn-json): adds change columns", None),

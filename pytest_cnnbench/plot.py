@@ -123,6 +123,11 @@ def _latency_panel(ax: Any, model: str, cells: list[dict[str, Any]], color: dict
     p99 = [l.get("p99") for l in lat]
     xs = list(range(len(cells)))
     ax.bar(xs, p50, color=[color[r["backend"]] for r in cells], width=0.6, zorder=2)
+    # The p50's 95% interval (latency_ms.ci95_rel, the table's ±ci) as an error bar on the bar's top.
+    spans = [(x, v, v * l["ci95_rel"]) for x, v, l in zip(xs, p50, lat) if l.get("ci95_rel")]
+    if spans:
+        ax.errorbar([s[0] for s in spans], [s[1] for s in spans], yerr=[s[2] for s in spans], fmt="none",
+                    ecolor="dimgray", elinewidth=1.5, capsize=5, label="95% CI of p50", zorder=5)
     tails = [(x, a, b) for x, a, b in zip(xs, p90, p99) if a is not None and b is not None]
     if tails:
         ax.vlines([t[0] for t in tails], [p50[t[0]] for t in tails], [t[2] for t in tails], colors="black", linewidth=1, zorder=3)
@@ -145,7 +150,7 @@ def _latency_panel(ax: Any, model: str, cells: list[dict[str, Any]], color: dict
     from matplotlib.patches import Patch
 
     handles, names = ax.get_legend_handles_labels()
-    ax.legend([Patch(color="lightgray"), *handles], ["p50 (bar)", *names], loc="upper left", fontsize=8)
+    ax.legend([Patch(color="lightgray"), *handles], ["p50 (bar)", *names], loc="best", fontsize=8)
 
 
 def _accuracy_panel(ax: Any, model: str, cells: list[dict[str, Any]], color: dict[str, Any]) -> None:
@@ -233,6 +238,20 @@ def describe(fig: Any) -> tuple[str, list[AxesSummary]]:
         ))
     suptitle = fig.get_suptitle() if hasattr(fig, "get_suptitle") else ""
     return suptitle, out
+
+
+def svg_text(results: Sequence[dict[str, Any]], title: Optional[str] = None, salt: str = "cnnbench") -> str:
+    """The chart as an ``<svg>`` element to inline in an HTML page: text kept as text (small, searchable),
+    element ids made unique per ``salt`` (several charts share one page), no XML prolog or DTD."""
+    import io
+
+    mpl = require("matplotlib", extra="plot")
+    fig = figure(results, title)
+    buffer = io.StringIO()
+    with mpl.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
+        fig.savefig(buffer, format="svg", dpi=DPI, metadata={"Date": None})
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]
 
 
 def png_size(path: Path) -> tuple[int, int]:

@@ -74,6 +74,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "cnnbench-session")
     config.pluginmanager.register(UpdateHooks(), "cnnbench-update-hooks")
+    if config.pluginmanager.hasplugin("html"):  # pytest-html is loaded: its hooks exist (optional extra)
+        from .pytesthtml import PytestHtmlExtras
+
+        config.pluginmanager.register(PytestHtmlExtras(session), "cnnbench-pytest-html")
     from . import results
 
     def update_json(document: dict[str, Any]) -> None:
@@ -94,6 +98,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
     if session is not None:
         config.pluginmanager.unregister(session)
+        extras = config.pluginmanager.get_plugin("cnnbench-pytest-html")
+        if extras is not None:
+            config.pluginmanager.unregister(extras)
         del config.stash[SESSION_KEY]
 
 

@@ -1,4 +1,4 @@
-"""Reports from result dicts (Markdown, CSV, JSON), and the command line that merges result files.
+"""Reports from result dicts (Markdown, CSV, JSON, HTML through page.py), and the command line that merges result files.
 
 Pure formatting, no pytest: the plugin writes ``--cnn-report`` files with it at the end of a
 session, and ``python -m pytest_cnnbench.report a.json b.json ...`` prints one table over
@@ -202,7 +202,14 @@ def write_json(path: Path, results: Sequence[dict[str, Any]], environment: dict[
     R.write_json(path, results, environment)  # the --cnn-json format; comparisons are not stored
 
 
-WRITERS: dict[str, Callable[..., None]] = {".md": write_markdown, ".csv": write_csv, ".json": write_json}
+def write_html(path: Path, results: Sequence[dict[str, Any]], environment: dict[str, Any], comparison: Any = None) -> None:
+    from .page import page  # the standalone page: table, charts, comparison, environment in one file
+
+    atomic_write_text(path, page(results, environment, comparison))
+
+
+WRITERS: dict[str, Callable[..., None]] = {".md": write_markdown, ".csv": write_csv, ".json": write_json,
+                                           ".html": write_html}
 
 
 def write_reports(paths: Iterable[Path], results: Sequence[dict[str, Any]], environment: dict[str, Any],
@@ -257,7 +264,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("files", nargs="+", type=Path, metavar="RESULT.json", help="result files to merge")
     parser.add_argument("--report", action="append", metavar="PATH",
-                        help="write a report by extension: .md, .csv or .json (merged result file); comma list, may be repeated")
+                        help="write a report by extension: .md, .csv, .html (a page in one file) or .json (merged result file); "
+                             "comma list, may be repeated")
     parser.add_argument("--plot", type=Path, metavar="PATH", help="draw the charts into this image (.png, .svg or .pdf)")
     parser.add_argument("--tablefmt", default="simple", help="tabulate format of the printed table (default: simple)")
     args = parser.parse_args(argv)

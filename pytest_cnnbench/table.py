@@ -257,10 +257,14 @@ def format_table(results: Iterable[dict[str, Any]], tablefmt: str = "simple",
     """The table and its notes. ``changes`` (one entry or None per result, see ``CHANGE_HEADERS``) adds
     change columns before the status; rows with a ``source`` (merged result files) get a column naming it."""
     results = list(results)
+    return table_body(results, tablefmt, changes) + "\n" + "\n".join(lines_under_table(results))
+
+
+def lines_under_table(results: list[dict[str, Any]]) -> list[str]:
+    """What is said under the table: the session line (when off pace), then the notes. The HTML
+    page and pytest-html's summary print these too, so a line added here appears in every report."""
     verdict = session_verdict(results)
-    answer = fastest_within_budget(results)
-    return (table_body(results, tablefmt, changes) + "\n" + (verdict + "\n" if verdict else "")
-            + "".join(line + "\n" for line in answer) + "\n".join(table_notes(results)))
+    return ([verdict] if verdict else []) + fastest_within_budget(results) + table_notes(results)
 
 
 def shows_math(results: list[dict[str, Any]]) -> bool:

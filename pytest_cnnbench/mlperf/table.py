@@ -58,7 +58,7 @@ def _accuracy_text(record: Optional[dict[str, Any]]) -> str:
     return f"{record['top1']:.2%} {ok} {record['plugin_top1']:.2%}"
 
 
-def format_scenario_table(results: list[dict[str, Any]]) -> str:
+def format_scenario_table(results: list[dict[str, Any]], tablefmt: str = "simple") -> str:
     """The table for the results that carry ``scenarios`` (and ``loadgen``: accuracy, overhead, skip,
     as ``record_into`` in run.py sets them); "" when none does."""
     rows = [r for r in results if r.get("scenarios") or (r.get("loadgen") or {}).get("skip")]
@@ -90,4 +90,4 @@ def format_scenario_table(results: list[dict[str, Any]]) -> str:
         how = "no-op SUT" if not call_ms else f"a {call_ms:.3g} ms sleep as the call, less the sleep"
         note += (f"\nLoadGen per-sample overhead here ({how}, through the pipe): "
                  f"p50 {overhead['p50_ms'] * 1000:.0f} µs, p90 {overhead['p90_ms'] * 1000:.0f} µs")
-    return note + "\n" + tabulate(body, headers=headers, tablefmt="simple")
+    return note + "\n" + tabulate(body, headers=headers, tablefmt=tablefmt)

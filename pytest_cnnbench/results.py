@@ -23,7 +23,9 @@ document_updaters: list[Callable[[dict[str, Any]], None]] = []
 
 # What tells one cell from another in a run: the same test measuring the same configuration.
 # "source" keeps merged runs apart; "test_name" keeps apart rows other tests measured otherwise.
-CELL_FIELDS = ("source", "test_name", "model", "backend", "device", "precision", "batch_size", "dataset")
+# "threads_requested": a thread sweep's count (None otherwise, so keys without a sweep are as they were).
+CELL_FIELDS = ("source", "test_name", "model", "backend", "device", "precision", "batch_size", "dataset",
+               "threads_requested")
 
 
 def cell_key(row: dict[str, Any], **instead: Any) -> tuple:
@@ -38,6 +40,8 @@ def cell_label(row: dict[str, Any]) -> str:
         label += f"-{row['precision']}"
     if row.get("device") not in (None, "cpu"):
         label += f"-{row['device']}"
+    if row.get("threads_requested") is not None:
+        label += f"-t{row['threads_requested']}"
     return f"{label} [{row['source']}]" if row.get("source") else label
 
 
@@ -87,6 +91,9 @@ class CellResult:
     compute_latency_ms: Optional[dict[str, Any]] = None  # GPU only: input already on the device, ends with a device sync
     device_time_ms: Optional[dict[str, Any]] = None  # GPU only: CUDA-event time of the same calls
     threads: Optional[int] = None  # CPU threads the cell ran with
+    threads_requested: Optional[int] = None  # under a thread sweep (--cnn-threads=1,2): this row's count; else None
+    scaling: Optional[dict[str, Any]] = None  # thread sweep, n > 1: time at 1 thread / time at n / n, timed side by side
+    thread_pinning: Optional[dict[str, Any]] = None  # what set or pinned the threads: torch's, the runtime's, OMP_*/KMP_*
     thread_probe_ms: Optional[dict[str, float]] = None  # --cnn-threads=auto: probed median per thread count
     thread_choice: Optional[dict[str, Any]] = None  # where the thread count came from and the probe's verdict
     machine: Optional[dict[str, Any]] = None  # the load over the cell's timing: others' CPU share, steal, pace
@@ -108,7 +115,7 @@ class CellResult:
     def for_cell(cls, cell: dict[str, Any]) -> "CellResult":
         return cls(model=cell["model"], backend=cell["backend"], device=cell.get("device"),
                    precision=cell.get("precision", "fp32"), batch_size=cell["batch_size"], dataset=cell.get("dataset"),
-                   test=cell.get("test"), test_name=cell.get("test_name"))
+                   test=cell.get("test"), test_name=cell.get("test_name"), threads_requested=cell.get("threads_requested"))
 
     def set(self, **values: Any) -> None:
         """Set several fields at once; an unknown name is an error, not a new key."""

@@ -307,7 +307,9 @@ class CellRunner:
             threads = result.threads
             first = {"p50": timing.stats.p50, "ci95_within": timing.stats.ci95_within, "pace": load.pace,
                      "threads": threads, "machine": load.as_dict(), "why": why}
-            if self.device == "cpu" and threads and threads > 1 and machine.busy_reasons(load.as_dict()):
+            # Not under a thread sweep: there the count is the row's identity.
+            if (self.device == "cpu" and threads and threads > 1 and self.spec.threads_requested is None
+                    and machine.busy_reasons(load.as_dict())):
                 # Threads of one call wait on a sibling that other processes keep off a core.
                 how = "on 1 thread (other processes compete for the cores)"
                 prepared = self._prepare_again(prepared, module, ctx, 1, result)

@@ -85,3 +85,78 @@ def test_speedup_reference_runs_at_the_cells_thread_count_not_eagers_remembered_
     result.assert_outcomes(passed=1)
     (row,) = load_results(tiny_project.path / "out.json")
     assert row["speedup"]["threads"] == row["threads"] and row["speedup"]["paired"]
+
+
+def _row(backend: str, threads: int, speedup_threads: object = "absent", **extra) -> dict:
+    from pytest_cnnbench import results as R
+
+    row = R.empty_result({"model": "net", "backend": backend, "batch_size": 1, "device": "cpu", "precision": "fp32",
+                          "dataset": "imagenet"})
+    row.update(threads=threads, latency_ms={"p50": 2.0, "ci95_rel": 0.01}, status="passed", **extra)
+    if backend != "eager":
+        row["speedup"] = {"value": 1.5, "ci95_rel": 0.03, "paired": True, "reference": "net-eager-bs1"}
+        if speedup_threads != "absent":
+            row["speedup"]["threads"] = speedup_threads
+    return row
+
+
+def test_table_says_where_eagers_own_row_ran_with_another_thread_count():
+    from pytest_cnnbench import table
+
+    rows = [_row("eager", 1), _row("ort", 2, speedup_threads=2), _row("torchscript", 1, speedup_threads=1)]
+    notes = "\n".join(table.table_notes(rows))
+    assert "eager's own row ran with another" in notes and "net-ort-bs1 (eager at 2, its row at 1)" in notes
+    assert "net-torchscript-bs1" not in notes  # same count: nothing to say
+    assert "eager's own row" not in "\n".join(table.table_notes([_row("eager", 2), _row("ort", 2, speedup_threads=2)]))
+
+
+def test_older_result_files_are_read_and_mixing_their_speedups_is_marked(tmp_path):
+    """Format 1 (eager at its own row's threads) is still read; a merge or a comparison of its speedups
+    with format 2's (equal threads) says they are not comparable."""
+    from pytest_cnnbench import compare, report, table
+    from pytest_cnnbench import results as R
+
+    old = {"format_version": 1, "environment": {}, "results": [_row("eager", 1), _row("ort", 2)]}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    R.write_json(tmp_path / "new.json", [_row("eager", 2), _row("ort", 2, speedup_threads=2)], {})
+    documents = [R.load_json(tmp_path / "old.json"), R.load_json(tmp_path / "new.json")]
+    assert documents[1]["format_version"] == R.FORMAT_VERSION == 2
+    rows, _ = report.merge(documents, ["old", "new"])
+    notes = "\n".join(table.table_notes(rows))
+    assert "not comparable" in notes and "net-ort-bs1 [old]" in notes
+    assert "not comparable" not in "\n".join(table.table_notes(documents[1]["results"]))  # one rule: no warning
+    comparison = compare.compare(documents[1]["results"], documents[0]["results"])
+    assert comparison.matched == 2 and any("not comparable" in line for line in comparison.notes())
+
+
+def test_thread_option_takes_auto_one_count_or_a_sweep(pytester):
+    from pytest_cnnbench.options import _threads
+
+    assert _threads("auto") == (None, ()) and _threads("2") == (2, ()) and _threads(" 1, 2,4 ,2") == (None, (1, 2, 4))
+    for bad in ("0", "1,x", "two", "1,,2"):
+        with pytest.raises(pytest.UsageError, match="--cnn-threads"):
+            _threads(bad)
+
+
+def test_thread_sweep_gives_a_row_per_count_with_its_speedup_and_scaling(tiny_project):
+    """--cnn-threads=1,2,N: one row per count (id -tN, the count in the cell key), each row's speedup at its
+    own count, scaling efficiency for 2 threads from a side-by-side comparison; counts above the cores skip."""
+    import os
+
+    too_many = len(os.sched_getaffinity(0)) + 1
+    result = tiny_project.runpytest_subprocess(*FAST, "--cnn-min-time=0.1", "--cnn-backend=torchscript",
+                                               f"--cnn-threads=1,2,{too_many}", "--cnn-json=out.json", "-rs")
+    result.assert_outcomes(passed=2, skipped=1)
+    result.stdout.fnmatch_lines(["scaling efficiency (time at 1 thread / time at n / n*): tiny-torchscript-bs1-t2 *",
+                                 f"SKIPPED * --cnn-threads={too_many}: this machine gives the process * cores"])
+    rows = {r["threads_requested"]: r for r in load_results(tiny_project.path / "out.json")}
+    assert set(rows) == {1, 2, too_many}
+    for n in (1, 2):
+        row = rows[n]
+        assert row["test"].endswith(f"tiny-torchscript-bs1-t{n}]") and row["threads"] == n
+        assert row["speedup"]["threads"] == n and row["speedup"]["reference"] == f"tiny-eager-bs1-t{n}"
+        assert row["thread_pinning"]["torch_threads"] == n and "environment" in row["thread_pinning"]
+    scaling = rows[2]["scaling"]
+    assert scaling["threads"] == 2 and scaling["rounds"] >= 6 and set(scaling["medians_ms"]) == {"1", "2"}
+    assert scaling["efficiency"] == pytest.approx(scaling["speedup_over_1"] / 2)
+    assert rows[1]["scaling"] is None

@@ -160,3 +160,43 @@ def test_thread_sweep_gives_a_row_per_count_with_its_speedup_and_scaling(tiny_pr
     assert scaling["threads"] == 2 and scaling["rounds"] >= 6 and set(scaling["medians_ms"]) == {"1", "2"}
     assert scaling["efficiency"] == pytest.approx(scaling["speedup_over_1"] / 2)
     assert rows[1]["scaling"] is None
+
+
+COUNTED_BACKEND = '''
+from pytest_cnnbench import register_backend
+from pytest_cnnbench.backends.base import TorchPrepared
+
+PREPARED_WITH = []
+
+
+@register_backend("counted", description="a user's backend whose thread count is fixed when prepared")
+def counted():
+    class Backend:
+        name = "counted"
+        thread_use = "prepare"
+
+        def unavailable_reason(self, device, precision):
+            return None
+
+        def prepare(self, module, ctx):
+            PREPARED_WITH.append(ctx.threads)
+            return TorchPrepared(module, ctx.device, ctx.precision, "counted", 0)
+    return Backend()
+'''
+
+
+def test_a_users_backend_says_its_threads_are_fixed_when_prepared(tiny_project):
+    """A registered backend's ``thread_use = "prepare"`` is heeded as ONNX Runtime's is: timed at 1 thread,
+    its accuracy pass gets an instance of its own on every core (seen from its prepare calls)."""
+    from pytest_cnnbench.environment import physical_cores
+
+    path = tiny_project.path / "conftest.py"
+    path.write_text(path.read_text() + COUNTED_BACKEND)
+    tiny_project.makepyfile(test_suite='''
+def test_bench(cnnbench):
+    import conftest
+    cnnbench.run()
+    assert conftest.PREPARED_WITH == [1] + ([CORES] if CORES > 1 else []), conftest.PREPARED_WITH
+'''.replace("CORES", str(physical_cores())))
+    tiny_project.runpytest_subprocess(*FAST, "--cnn-min-time=0.1", "--cnn-backend=counted", "--cnn-threads=1",
+                                      "--benchmark-disable").assert_outcomes(passed=1)

@@ -202,6 +202,7 @@ class CellRunner:
                         all_companions[REFERENCE] = reference_companion
                     with _phase(phases, "timing"), torch.inference_mode(), self.lock.exclusive():
                         stats, prepared = self._time(prepared, batch, rules, built.module, ctx, result, all_companions)
+                        result.thread_pinning = threadchoice.pinning(prepared)  # as timed last (a re-measurement may move it)
                         # Optional members of the protocol: a user's backend may have only run/bind/close.
                         bind_device = getattr(prepared, "bind_device", None)
                         device_call = bind_device(batch) if bind_device is not None else None

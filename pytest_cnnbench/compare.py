@@ -193,6 +193,9 @@ class Comparison:
         if self.only_baseline:
             lines.append("baseline cells not in this run: " + "; ".join(map(cell_label, self.only_baseline)))
         lines += [f"{cell_label(row)}: {cell.note}" for row, cell in zip(self.rows, self.cells) if cell and cell.note]
+        mixed = results.mixed_speedup_rules([*self.rows, *(c.baseline for c in self.cells if c), *self.only_baseline])
+        if mixed:
+            lines.append(mixed)
         if self.environment_differences:
             lines.append("WARNING: the baseline was measured in a different environment: "
                          + "; ".join(self.environment_differences))

@@ -43,6 +43,9 @@ class CellSpec:
     # Set when the model comes from a user's ``cnn_model`` fixture rather than the registry:
     # where that fixture is defined, for messages. ``model`` is then its param id ("" if none).
     model_fixture: Optional[str] = None
+    # Under a thread sweep (--cnn-threads=1,2,4): this row's CPU thread count. None: one row, its
+    # count the option's or the probe's (recorded in the result's ``threads``).
+    threads_requested: Optional[int] = None
 
     @property
     def id(self) -> str:
@@ -51,6 +54,8 @@ class CellSpec:
         parts += [self.backend, f"bs{self.batch_size}"]
         if self.precision != "fp32":
             parts.append(self.precision)
+        if self.threads_requested is not None:
+            parts.append(f"t{self.threads_requested}")
         return "-".join(parts)
 
     def as_dict(self) -> dict[str, Any]:

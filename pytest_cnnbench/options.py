@@ -37,7 +37,8 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
     "cnn-max-time": ("cap on each cell's timed loop, seconds (it stops earlier once the median is known to --cnn-target-ci)", "5.0"),
     "cnn-max-rounds": ("most timed calls per cell", "5000"),
     "cnn-target-ci": ("stop timing once the median's 95% confidence interval is within this fraction (0.02 = +-2%)", "0.02"),
-    "cnn-threads": ("CPU threads per cell: 'auto' (probe 1 and one per physical core, keep the faster) or a number", "auto"),
+    "cnn-threads": ("CPU threads per cell: 'auto' (probe 1 and one per physical core, keep the faster), a number, "
+                    "or a comma list (one row per count, e.g. 1,2,4)", "auto"),
     "cnn-profile": ("print where the run's time went (model, data, prepare, accuracy, timing) after the table", None),
     "cnn-no-download": ("never download data or weights (also $CNNBENCH_NO_DOWNLOAD=1)", None),
     "cnn-report": ("write reports, chosen by extension: .md (table and environment), .csv (one row per cell), "
@@ -216,13 +217,20 @@ def _choice(value: Any, option: str, valid: tuple[str, ...]) -> str:
     return text
 
 
-def _threads(value: Any) -> Optional[int]:
+def _threads(value: Any) -> tuple[Optional[int], tuple[int, ...]]:
+    """(one count, or None for 'auto'; the counts of a sweep, () unless two or more are given)."""
     text = str(value).strip()
     if text == "auto":
-        return None
-    if not text.isdigit() or int(text) <= 0:
-        raise pytest.UsageError(f"--cnn-threads: {text!r} is neither 'auto' nor a positive number of threads")
-    return int(text)
+        return None, ()
+    counts = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item.isdigit() or int(item) <= 0:
+            raise pytest.UsageError(f"--cnn-threads: {item!r} is neither 'auto' nor a positive number of threads "
+                                    "(give auto, 2, or a comma list such as 1,2,4)")
+        counts.append(int(item))
+    counts = list(dict.fromkeys(counts))
+    return (counts[0], ()) if len(counts) == 1 else (None, tuple(counts))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,7 +251,8 @@ class Settings:
     max_time: float
     download: bool
     target_ci: float = 0.02
-    threads: Optional[int] = None  # None: probe per cell ("auto")
+    threads: Optional[int] = None  # None: probe per cell ("auto"), or a sweep
+    thread_sweep: tuple[int, ...] = ()  # --cnn-threads=1,2,4: one row per count (two or more)
     profile: bool = False
     reports: tuple[Path, ...] = ()
     plot_path: Optional[Path] = None
@@ -408,6 +417,7 @@ def parse_settings(config: pytest.Config) -> Settings:
     model_names = check(_model_names, _raw(config, "cnn-model"))
     min_top1 = check(_min_top1, config, model_names, default={})
     zoo_models = tuple(m for m in model_names or () if zoo.is_zoo_name(m))
+    threads = check(_threads, _raw(config, "cnn-threads"), default=(None, ()))
     settings = dict(
         backends=check(_names, _raw(config, "cnn-backend"), "cnn-backend", registry.backends.names(), default=()),
         models=tuple(m for m in registry.models.names() if model_names is None or m in model_names) + zoo_models,
@@ -427,7 +437,8 @@ def parse_settings(config: pytest.Config) -> Settings:
         max_rounds=max(1, check(_positive_number, _raw(config, "cnn-max-rounds"), "cnn-max-rounds", int, default=1)),
         max_time=check(_positive_number, _raw(config, "cnn-max-time"), "cnn-max-time", float, default=1.0),
         target_ci=check(_positive_number, _raw(config, "cnn-target-ci"), "cnn-target-ci", float, default=1.0),
-        threads=check(_threads, _raw(config, "cnn-threads")),
+        threads=threads[0],
+        thread_sweep=threads[1],
         profile=bool(_raw(config, "cnn-profile")),
         download=not no_download,
         reports=check(_report_paths, config, default=()),

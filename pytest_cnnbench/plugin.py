@@ -202,15 +202,19 @@ def cells_for(settings: Settings, marker: dict[str, Any], model_fixture: Optiona
         registry.backends.get(name)
     backends = [b for b in settings.backends if not marker.get("backends") or b in _as_tuple(marker["backends"])]
     batch_sizes = _as_tuple(marker.get("batch_sizes")) or settings.batch_sizes
+    threads = settings.thread_sweep or (None,)  # a sweep: one row per count, the count in its id and key
     if model_fixture is not None:
         dataset = settings.dataset or marker.get("dataset") or ""  # none: the cell says so when it runs
-        return [CellSpec("", backend, int(batch_size), dataset, settings.device, precision, model_fixture)
-                for precision, batch_size, backend in itertools.product(settings.precisions, batch_sizes, backends)]
+        return [CellSpec("", backend, int(batch_size), dataset, settings.device, precision, model_fixture, count)
+                for precision, batch_size, count, backend in itertools.product(settings.precisions, batch_sizes, threads,
+                                                                              backends)]
     models = _marker_models(settings, _as_tuple(marker.get("models")))
     cells = []
-    for model, precision, batch_size, backend in itertools.product(models, settings.precisions, batch_sizes, backends):
+    for model, precision, batch_size, count, backend in itertools.product(models, settings.precisions, batch_sizes,
+                                                                          threads, backends):
         dataset = settings.dataset or marker.get("dataset") or zoo.model_entry(model).meta["dataset"]
-        cells.append(CellSpec(model, backend, int(batch_size), dataset, settings.device, precision))
+        cells.append(CellSpec(model, backend, int(batch_size), dataset, settings.device, precision,
+                              threads_requested=count))
     return cells
 
 
@@ -406,7 +410,21 @@ def cnn_cell(request: pytest.FixtureRequest) -> CellSpec:
     reason = reg.backends.create(spec.backend).unavailable_reason(device, spec.precision)
     if reason:
         pytest.skip(reason)
+    if spec.threads_requested is not None:
+        reason = _threads_unavailable(spec.threads_requested, device)
+        if reason:
+            pytest.skip(reason)
     return spec
+
+
+def _threads_unavailable(count: int, device: str) -> Optional[str]:
+    """Why a thread sweep's count cannot run here: more threads than the cores this process may use."""
+    if device != "cpu":
+        return f"--cnn-threads={count}: thread counts are a CPU dimension (this cell runs on {device})"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if count > cores:
+        return f"--cnn-threads={count}: this machine gives the process {cores} core{'s' * (cores != 1)}"
+    return None
 
 
 @pytest.fixture

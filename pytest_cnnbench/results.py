@@ -13,7 +13,10 @@ from typing import Any, Callable, Iterable, Optional
 
 from .cache import atomic_write_text
 
-FORMAT_VERSION = 1
+# 2: a paired speedup is timed with eager at the row's own thread count (its record has "threads");
+# in 1, eager ran at its own row's count. Both are read; mixing them is marked (``mixed_speedup_rules``).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 CELL_PROPERTY = "cnnbench_cell"  # identity, recorded before anything can fail
 RESULT_PROPERTY = "cnnbench_result"  # figures, recorded once measured
 # Called on each document before it is written; the plugin adds one that calls the
@@ -23,7 +26,9 @@ document_updaters: list[Callable[[dict[str, Any]], None]] = []
 
 # What tells one cell from another in a run: the same test measuring the same configuration.
 # "source" keeps merged runs apart; "test_name" keeps apart rows other tests measured otherwise.
-CELL_FIELDS = ("source", "test_name", "model", "backend", "device", "precision", "batch_size", "dataset")
+# "threads_requested": a thread sweep's count (None otherwise, so keys without a sweep are as they were).
+CELL_FIELDS = ("source", "test_name", "model", "backend", "device", "precision", "batch_size", "dataset",
+               "threads_requested")
 
 
 def cell_key(row: dict[str, Any], **instead: Any) -> tuple:
@@ -38,6 +43,8 @@ def cell_label(row: dict[str, Any]) -> str:
         label += f"-{row['precision']}"
     if row.get("device") not in (None, "cpu"):
         label += f"-{row['device']}"
+    if row.get("threads_requested") is not None:
+        label += f"-t{row['threads_requested']}"
     return f"{label} [{row['source']}]" if row.get("source") else label
 
 
@@ -133,6 +140,9 @@ class CellResult:
     compute_latency_ms: Optional[dict[str, Any]] = None  # GPU only: input already on the device, ends with a device sync
     device_time_ms: Optional[dict[str, Any]] = None  # GPU only: CUDA-event time of the same calls
     threads: Optional[int] = None  # CPU threads the cell ran with
+    threads_requested: Optional[int] = None  # under a thread sweep (--cnn-threads=1,2): this row's count; else None
+    scaling: Optional[dict[str, Any]] = None  # thread sweep, n > 1: time at 1 thread / time at n / n, timed side by side
+    thread_pinning: Optional[dict[str, Any]] = None  # what set or pinned the threads: torch's, the runtime's, OMP_*/KMP_*
     thread_probe_ms: Optional[dict[str, float]] = None  # --cnn-threads=auto: probed median per thread count
     thread_choice: Optional[dict[str, Any]] = None  # where the thread count came from and the probe's verdict
     machine: Optional[dict[str, Any]] = None  # the load over the cell's timing: others' CPU share, steal, pace
@@ -154,7 +164,7 @@ class CellResult:
     def for_cell(cls, cell: dict[str, Any]) -> "CellResult":
         return cls(model=cell["model"], backend=cell["backend"], device=cell.get("device"),
                    precision=cell.get("precision", "fp32"), batch_size=cell["batch_size"], dataset=cell.get("dataset"),
-                   test=cell.get("test"), test_name=cell.get("test_name"))
+                   test=cell.get("test"), test_name=cell.get("test_name"), threads_requested=cell.get("threads_requested"))
 
     def set(self, **values: Any) -> None:
         """Set several fields at once; an unknown name is an error, not a new key."""
@@ -235,13 +245,33 @@ def load_json(path: Path) -> dict[str, Any]:
     version: Optional[int] = data.get("format_version") if isinstance(data, dict) else None
     if version is None:
         raise ValueError(f"{path}: not a pytest-cnnbench result file (no format_version)")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         age = ("a newer" if version > FORMAT_VERSION else "an older") if isinstance(version, int) else "an unknown"
         raise ValueError(
             f"{path}: result format version {version!r} (written by {age} pytest-cnnbench) is not supported; "
-            f"this pytest-cnnbench reads version {FORMAT_VERSION}"
+            f"this pytest-cnnbench reads versions {', '.join(map(str, READABLE_VERSIONS))}"
             + ("; upgrade pytest-cnnbench to read it" if age == "a newer" else ""))
     if not isinstance(data.get("results"), list) or not all(
             isinstance(r, dict) and {"model", "backend", "batch_size"} <= r.keys() for r in data["results"]):
         raise ValueError(f"{path}: malformed result file (\"results\" must be a list of cell results)")
     return data
+
+
+def speedup_rule(row: dict[str, Any]) -> Optional[str]:
+    """Which rule a row's paired speedup was timed under: "equal threads" (format 2: eager at the row's
+    thread count) or "eager's own threads" (format 1); None without a paired speedup."""
+    speedup = row.get("speedup")
+    if not isinstance(speedup, dict) or not speedup.get("paired"):
+        return None
+    return "equal threads" if "threads" in speedup else "eager's own threads"
+
+
+def mixed_speedup_rules(rows: Iterable[dict[str, Any]]) -> Optional[str]:
+    """A warning when ``rows`` hold paired speedups of both rules (older files beside newer): their
+    figures mean different things and must not be compared (None when they do not mix)."""
+    old = [row for row in rows if speedup_rule(row) == "eager's own threads"]
+    if not old or not any(speedup_rule(row) == "equal threads" for row in rows):
+        return None
+    return (f"WARNING: {len(old)} speedup(s) from an older result file were timed with eager at its own row's thread "
+            "count, the others with eager at the row's own: they are not comparable (" + ", ".join(map(cell_label, old[:3]))
+            + (", ..." if len(old) > 3 else "") + ")")

@@ -24,7 +24,7 @@ import torch
 from . import progress, registry, threadchoice, worklock
 from . import results as R
 from .accuracy import Agreement, accuracy_from_logits, agreement, evaluate, paired_counts
-from .backends.base import PrepareContext, Prepared
+from .backends.base import THREADS_AT_PREPARE, THREADS_TORCH, PrepareContext, Prepared, device_events, thread_use
 from .core import CellSkip, CellSpec
 from .memory import HostMemory, current_rss_mb
 from .models.fixture_model import FixtureModelError, check_fixture_model  # noqa: F401  (re-exported for plugin.py)
@@ -33,10 +33,6 @@ from .stats import (SESSION_HISTORY, UNSTABLE_CI, LatencyStats, Speedup, at_usua
 from .timing import Companion, Timing, TimingRules, hand_to_benchmark, time_cell
 from .workbench import ACCURACY_BATCH, CellModel, Workbench, accuracy_batch, device_name
 
-# Backends whose calls run on torch's intra-op pool (the thread count can change between calls),
-# and those whose thread count is fixed when prepared (the accuracy pass gets its own instance).
-TORCH_THREADED = {"eager", "torchscript"}
-THREADS_AT_PREPARE = {"ort", "openvino"}
 REFERENCE = "reference"  # the companion name of the eager reference a cell's speedup is measured against
 # Precisions eager PyTorch has no path for on a device: their speedup is over eager fp32.
 EAGER_LACKS = {("cpu", "fp16"), ("cpu", "int8"), ("cuda", "int8")}
@@ -180,6 +176,7 @@ class CellRunner:
             with memory, device_memory:
                 with _phase(phases, "prepare"):
                     prepared = self._prepare(built.module, ctx, batch, result)
+                    self._scaling(prepared, built.module, ctx, batch, result)
                 device_memory.sample()
                 result.provider = getattr(prepared, "provider", self.spec.backend)
                 result.math = getattr(prepared, "math", None)
@@ -205,6 +202,7 @@ class CellRunner:
                         all_companions[REFERENCE] = reference_companion
                     with _phase(phases, "timing"), torch.inference_mode(), self.lock.exclusive():
                         stats, prepared = self._time(prepared, batch, rules, built.module, ctx, result, all_companions)
+                        result.thread_pinning = threadchoice.pinning(prepared)  # as timed last (a re-measurement may move it)
                         # Optional members of the protocol: a user's backend may have only run/bind/close.
                         bind_device = getattr(prepared, "bind_device", None)
                         device_call = bind_device(batch) if bind_device is not None else None
@@ -275,7 +273,8 @@ class CellRunner:
 
     def _reference_companion(self, module: torch.nn.Module, ctx: PrepareContext,
                              result: R.CellResult) -> tuple[Optional[Prepared], Optional[Companion]]:
-        """Eager, prepared beside the cell, at the thread count eager's own row runs with."""
+        """Eager, prepared beside the cell, at the cell's own thread count: the speedup is the backend's
+        effect at equal resources (eager's own row may run with another count; the table says so)."""
         found = self._reference_spec()
         if found is None:
             return None, None
@@ -284,11 +283,7 @@ class CellRunner:
         if eager.unavailable_reason(self.device, precision):
             return None, None
         eager_ctx = dataclasses.replace(ctx, precision=precision, calibration=None, calibration_id="", calibration_note="")
-        parts = self._choice_parts(backend="eager", precision=precision)
-        threads = None
-        if self.device == "cpu":
-            threads = (self.bench.settings.threads or self.bench.chosen_threads.get(parts)
-                       or threadchoice.remembered(self.bench.cache, parts) or 1)
+        threads = result.threads if self.device == "cpu" else None
         batch = self._batch
         with torch.inference_mode(False):
             prepared = eager.prepare(module, eager_ctx)
@@ -315,10 +310,14 @@ class CellRunner:
             threads = result.threads
             first = {"p50": timing.stats.p50, "ci95_within": timing.stats.ci95_within, "pace": load.pace,
                      "threads": threads, "machine": load.as_dict(), "why": why}
-            if self.device == "cpu" and threads and threads > 1 and machine.busy_reasons(load.as_dict()):
+            # Not under a thread sweep: there the count is the row's identity.
+            if (self.device == "cpu" and threads and threads > 1 and self.spec.threads_requested is None
+                    and machine.busy_reasons(load.as_dict())):
                 # Threads of one call wait on a sibling that other processes keep off a core.
                 how = "on 1 thread (other processes compete for the cores)"
                 prepared = self._prepare_again(prepared, module, ctx, 1, result)
+                if REFERENCE in companions:  # the reference follows: equal threads on both sides
+                    companions = {**companions, REFERENCE: dataclasses.replace(companions[REFERENCE], threads=1)}
             else:
                 how = "for twice as long"
             progress.update(f"timing again {how} ({why})")
@@ -342,7 +341,7 @@ class CellRunner:
         if REFERENCE in timing.paired and self.reference_label:
             # Drift cancels out of a ratio, so any undisturbed session's speedup joins its history.
             result.speedup = self._speedup(timing.paired[REFERENCE], self.reference_label, parts,
-                                           remember=disturbed is None)
+                                           remember=disturbed is None, threads=companions[REFERENCE].threads)
         if at_usual_pace(load.pace, machine.PACE_TOLERANCE):
             # Every session at the machine's usual pace counts, disturbed ones too (leaving out the
             # sessions that strayed would understate how far sessions stray); one timed while the
@@ -378,21 +377,23 @@ class CellRunner:
         load.pace_probe_us = statistics.median(timing.pace) * 1e6 if timing.pace else None
         return timing, load, machine.disturbance(load.as_dict())
 
-    def _speedup(self, paired: tuple[float, float, int], reference: str, parts: tuple, remember: bool) -> Speedup:
+    def _speedup(self, paired: tuple[float, float, int], reference: str, parts: tuple, remember: bool,
+                 threads: Optional[int] = None) -> Speedup:
         """The paired speedup with its interval: within this session (chunk by chunk) and between
         sessions (this cell's earlier paired speedups), in quadrature."""
         from . import tuning
 
         value, within, chunks = paired
-        # Its own history, beside the p50's. "paired, no spin": speedups timed before ONNX Runtime's
-        # sessions stopped spinning between runs overstated ORT's, and must not widen today's.
-        key = (*parts, "speedup over", reference, "paired, no spin")
+        # Its own history, beside the p50's. "equal threads": speedups timed with eager at its own
+        # row's thread count (and, earlier, beside spinning ORT sessions) measured something else,
+        # and must not widen today's.
+        key = (*parts, "speedup over", reference, "paired at equal threads")
         earlier = tuning.earlier_p50s(self.bench.cache, key)
         between = session_spread(earlier)
         total = math.sqrt(within ** 2 + between ** 2) if math.isfinite(within) else math.inf
         if remember:
             tuning.add_session(self.bench.cache, key, {"p50": value, "ci95_within": within}, SESSION_HISTORY)
-        return Speedup(value, total, True, reference, within, between, chunks)
+        return Speedup(value, total, True, reference, within, between, chunks, threads)
 
     def _pace(self, probes: list[float]) -> Optional[float]:
         """How much slower than its usual the machine ran over these probes (None: no reference yet).
@@ -438,7 +439,8 @@ class CellRunner:
         self._batch = batch
         settings = self.bench.settings
         cell = self._choice_parts()
-        choice = threadchoice.candidates(self.device, settings.threads, self.bench.chosen_threads, cell, self.bench.cache,
+        option = self.spec.threads_requested or settings.threads  # a sweep's count, else --cnn-threads (None: auto)
+        choice = threadchoice.candidates(self.device, option, self.bench.chosen_threads, cell, self.bench.cache,
                                          settings.reprobe, torch.get_num_threads())
         candidates = choice.candidates
         options: dict[int, tuple[Prepared, float]] = {}
@@ -461,8 +463,8 @@ class CellRunner:
             raise
         threads = comparison.choice if comparison is not None else candidates[0]
         ctx.threads = threads
-        if self.device == "cpu" and settings.threads is None:
-            self.bench.chosen_threads[cell] = threads
+        if self.device == "cpu" and option is None:
+            self.bench.chosen_threads[cell] = threads  # this session; later ones only where the probe decided
             if comparison is not None:
                 threadchoice.remember(self.bench.cache, cell, threads, comparison)
         prepared = options[threads][0]
@@ -475,8 +477,37 @@ class CellRunner:
         probes_ms = {str(n): ms for n, ms in comparison.medians_ms.items()} if comparison is not None else None
         result.set(threads=threads, thread_probe_ms=probes_ms, prepare_s=prepare_s,
                       prepare_cached=bool(getattr(first, "cache_hit", False)),
-                      thread_choice={"source": choice.source, "verdict": comparison.verdict if comparison is not None else None})
+                      thread_choice={"source": choice.source, "verdict": comparison.verdict if comparison is not None else None,
+                                     "decided": comparison.decided if comparison is not None else None})
         return prepared
+
+    def _scaling(self, prepared: Prepared, module: torch.nn.Module, ctx: PrepareContext, batch: torch.Tensor,
+                 result: R.CellResult) -> None:
+        """Under a thread sweep, a row at n > 1 threads: its scaling efficiency (time at 1 thread / time at
+        n / n), 1 and n threads compared side by side as the thread probe compares them, not two rows' p50s.
+        A backend on torch's pool switches the count between calls; others get a 1-thread instance."""
+        n = self.spec.threads_requested
+        result.thread_pinning = threadchoice.pinning(prepared)
+        if self.device != "cpu" or not n or n <= 1 or result.threads != n or benchmark_disabled(self.request.config):
+            return
+        one: Optional[Prepared] = None
+        try:
+            if thread_use(self.backend) == THREADS_TORCH:
+                call = prepared.bind(batch)
+                calls = {1: call, n: call}
+            else:
+                torch.set_num_threads(1)
+                with torch.inference_mode(False), self.lock.shared():
+                    one = self.backend.prepare(module, dataclasses.replace(ctx, threads=1))
+                calls = {1: one.bind(batch), n: prepared.bind(batch)}
+            progress.update(f"scaling: 1 thread beside {n}")
+            with torch.inference_mode(), self.lock.exclusive():
+                comparison = threadchoice.probe(calls, torch.set_num_threads)
+            result.scaling = threadchoice.scaling(n, comparison)
+        finally:
+            if one is not None:
+                one.close()
+            torch.set_num_threads(n)
 
     def _time_on_device(self, result: R.CellResult, call: Callable[[], Any], rules: TimingRules) -> None:
         """Compute latency with the input already on the GPU, as trtexec's GPU compute time."""
@@ -486,8 +517,7 @@ class CellRunner:
 
         progress.update("timing on the device")
         rounds = plan_timing(call, rules).rounds
-        wall, device = time_device_calls(call, rounds, events=bool(getattr(self.backend, "uses_torch_allocator", False)
-                                                                   or self.spec.backend == "trt"))
+        wall, device = time_device_calls(call, rounds, events=device_events(self.backend))
         result.compute_latency_ms = latency_stats(wall, rules.target_ci).as_dict()
         if device:
             result.device_time_ms = latency_stats(device, rules.target_ci).as_dict()
@@ -558,12 +588,13 @@ class CellRunner:
 
         cores = physical_cores()
         runner, extra = prepared, None
-        if self.device == "cpu" and self.spec.backend in THREADS_AT_PREPARE and (ctx.threads or cores) < cores:
+        use = thread_use(self.backend)
+        if self.device == "cpu" and use == THREADS_AT_PREPARE and (ctx.threads or cores) < cores:
             extra = self.backend.prepare(module, dataclasses.replace(ctx, threads=cores))
             runner = extra
         try:
             batch_size = min(accuracy_batch(images), getattr(runner, "max_batch", None) or ACCURACY_BATCH)
-            with all_cores() if self.spec.backend in TORCH_THREADED else contextlib.nullcontext():
+            with all_cores() if use == THREADS_TORCH else contextlib.nullcontext():
                 return evaluate(runner.run, images, labels, batch_size, self.model.info.num_classes)
         finally:
             if extra is not None:

@@ -251,6 +251,7 @@ class Speedup:
     ci95_within: Optional[float] = None
     ci95_sessions: Optional[float] = None
     chunks: int = 0  # chunk pairs the ratio rests on
+    threads: Optional[int] = None  # CPU threads of both sides (the cell's count; None: not on the CPU)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -8,7 +8,7 @@ from typing import Any, Iterable, Optional
 
 from tabulate import tabulate
 
-from .results import cell_key, cell_label
+from .results import cell_key, cell_label, mixed_speedup_rules
 
 HEADERS = [
     "model", "backend", "dev", "prec", "bs", "thr", "top-1", "top-5", "agree", "p50 ms", "p99 ms", "±ci",
@@ -73,6 +73,29 @@ def speedups(results: list[dict[str, Any]]) -> list[Optional[dict[str, Any]]]:
         else:
             out.append(None)
     return out
+
+
+def eager_ran_otherwise(results: list[dict[str, Any]]) -> list[str]:
+    """Rows whose paired speedup was timed with eager at a thread count other than eager's own row's
+    (``label: eager at N threads, its row M``): the speedup is the backend's effect at equal threads."""
+    eager = {_key(r): r for r in results if r["backend"] == "eager"}
+    out = []
+    for r in results:
+        given = r.get("speedup") or {}
+        threads = given.get("threads")
+        if r["backend"] == "eager" or not threads:
+            continue
+        base = eager.get(_key(r)) or eager.get(_key(r, "fp32"))
+        if base is not None and base.get("threads") and base["threads"] != threads:
+            out.append(f"{cell_label(r)} (eager at {threads}, its row at {base['threads']})")
+    return out
+
+
+def _scaling(r: dict[str, Any]) -> str:
+    scaling = r["scaling"]
+    low, high = scaling.get("efficiency_low"), scaling.get("efficiency_high")
+    interval = f" [{low:.2f}-{high:.2f}]" if low is not None and high is not None else ""
+    return f"{cell_label(r)} {scaling['efficiency']:.2f}{interval}"
 
 
 def _speedup(entry: Optional[dict[str, Any]], r: dict[str, Any]) -> str:
@@ -317,6 +340,17 @@ def table_notes(results: list[dict[str, Any]]) -> list[str]:
         notes.append(f"{FALLBACK_MARK} speedup over eager fp32: eager has no path for this precision on this device")
     if any(s is not None and not s.get("paired") for s in speedups(results)):
         notes.append(f"{UNPAIRED_MARK} speedup from two p50s timed apart (not side by side): its ±ci is both rows' spreads")
+    mixed = mixed_speedup_rules(results)  # a merge of older and newer result files
+    if mixed:
+        notes.append(mixed)
+    other_threads = eager_ran_otherwise(results)
+    if other_threads:
+        notes.append("speedups are timed with eager at the row's own thread count; eager's own row ran with another: "
+                     + ", ".join(other_threads))
+    scaled = [r for r in results if r.get("scaling")]
+    if scaled:  # a thread sweep ran
+        notes.append("scaling efficiency (time at 1 thread / time at n / n, the two timed side by side; 95% CI): "
+                     + ", ".join(_scaling(r) for r in scaled))
     if shows_math(results):
         notes.append("math = what the GPU computed where it differs from prec (TF32: fp32 inputs rounded to 10-bit mantissas)")
     if any((r.get("latency_ms") or {}).get("stable") is False for r in results):

@@ -305,6 +305,8 @@ def hand_to_benchmark(benchmark: Any, seconds: list[float]) -> bool:
 
 # -- choosing between configurations (threads, TorchScript variants) -----------------------------
 PROBE_MARGIN = 0.05  # another configuration must be this much faster than the default, with 95% confidence
+# Rounds a comparison gets before its time budget may end it undecided (each round: one block per candidate).
+DECISIVE_ROUNDS = 20
 
 
 @dataclasses.dataclass
@@ -316,18 +318,24 @@ class Comparison:
     ratios: dict[Any, tuple[float, float, float]]  # candidate -> (ratio to the default, 95% low, high)
     rounds: int
     verdict: str
+    decided: bool = True  # False: a candidate was still neither clearly faster nor clearly not (the default kept)
 
     def as_dict(self) -> dict[str, Any]:
         return {"choice": self.choice, "medians_ms": {str(k): v for k, v in self.medians_ms.items()},
-                "ratios": {str(k): list(v) for k, v in self.ratios.items()}, "rounds": self.rounds, "verdict": self.verdict}
+                "ratios": {str(k): list(v) for k, v in self.ratios.items()}, "rounds": self.rounds, "verdict": self.verdict,
+                "decided": self.decided}
 
 
 def compare_interleaved(calls: dict[Any, Callable[[], Any]], before: Optional[dict[Any, Callable[[], Any]]] = None,
                         margin: float = PROBE_MARGIN, min_rounds: int = 6, max_rounds: int = 60, budget_s: float = 2.0,
-                        block_s: float = 0.01) -> Comparison:
+                        block_s: float = 0.01, decisive_rounds: int = DECISIVE_ROUNDS) -> Comparison:
     """Compare configurations in alternating blocks (A B B A A B ...), one block median per
     candidate and round, until each candidate is told apart from the first (the default, the
     configuration robust under contention) or the budget runs out.
+
+    The budget is one of rounds as well as seconds: it ends an undecided comparison only after
+    ``decisive_rounds`` rounds, however long their calls take (slow calls, one per block, would
+    otherwise get 6-8 rounds in ``budget_s`` and stay undecided, keeping the default for them alone).
 
     A candidate replaces the default only when it is clearly faster: the 95% confidence
     interval of its paired ratio (geometric mean over rounds of its block median over the
@@ -367,7 +375,7 @@ def compare_interleaved(calls: dict[Any, Callable[[], Any]], before: Optional[di
             continue
         ratios = {key: paired_ratio(medians[key], medians[default]) for key in keys[1:]}
         undecided = [key for key, (_, lo, hi) in ratios.items() if lo < 1 - margin < hi]
-        if not undecided or time.perf_counter() > deadline:
+        if not undecided or (rounds >= decisive_rounds and time.perf_counter() > deadline):
             break
     faster = [key for key, (_, _, hi) in ratios.items() if hi < 1 - margin]
     overall = {key: statistics.median(values) * 1000 for key, values in medians.items()}
@@ -379,4 +387,5 @@ def compare_interleaved(calls: dict[Any, Callable[[], Any]], before: Optional[di
         undecided = [key for key, (_, lo, hi) in ratios.items() if lo < 1 - margin < hi]
         verdict = (f"undecided after {rounds} rounds: kept {default}" if undecided
                    else f"no candidate clearly faster than {default}")
-    return Comparison(choice, overall, ratios, rounds, verdict)
+    decided = not [key for key, (_, lo, hi) in ratios.items() if lo < 1 - margin < hi]
+    return Comparison(choice, overall, ratios, rounds, verdict, decided)

@@ -37,7 +37,7 @@ def test_conftest_adds_a_field_to_the_environment_and_a_key_to_the_json(tiny_pro
     for name in ("out.json", "report.json"):
         document = json.loads((tiny_project.path / name).read_text())
         assert document["ci_run"] == {"id": 42, "cells": 1}, name
-        assert len(document["results"]) == 1 and document["format_version"] == 1  # the rest is the default's
+        assert len(document["results"]) == 1 and document["format_version"] == 2  # the rest is the default's
         environment = document["environment"]
         assert environment["lab"] == "rack 3", name
         if environment_from == "plugin":

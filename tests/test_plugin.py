@@ -109,7 +109,7 @@ def test_run_prints_table_and_writes_json(tiny_project):
         ("eager", "4"), ("torchscript", "4"), ("ort", "4"), ("trt", "4")]
 
     data = json.loads(out.read_text())
-    assert data["format_version"] == 1
+    assert data["format_version"] == 2
     assert data["environment"]["versions"]["torch"]
     results = data["results"]
     assert len(results) == 8

@@ -357,7 +357,7 @@ def test_cli_merges_result_files_into_one_table(tmp_path):
 
 
 @pytest.mark.parametrize("version, expected", [
-    (2, "format version 2 (written by a newer pytest-cnnbench) is not supported; this pytest-cnnbench reads version 1; upgrade"),
+    (3, "format version 3 (written by a newer pytest-cnnbench) is not supported; this pytest-cnnbench reads versions 1, 2; upgrade"),
     (0, "format version 0 (written by an older pytest-cnnbench) is not supported"),
     (None, "not a pytest-cnnbench result file (no format_version)"),
 ])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import itertools
+import math
 import statistics
 import time
 from pathlib import Path
@@ -176,3 +178,29 @@ def test_every_timed_path_goes_through_the_one_timer(monkeypatch):
     assert set(comparison.medians_ms.values()) == {4.0}
     wall, device = gpu.time_device_calls(lambda: None, 5, events=False)
     assert wall == [0.004] * 5 and device is None
+
+
+def test_thread_probe_of_slow_noisy_calls_decides_and_only_a_decision_is_remembered(tmp_path):
+    """Two candidates whose calls take known times, as ResNet50 eager at 1 and 2 threads on a busy
+    host: 100 ms, and 60 ms swinging 2.9x either way from call to call (log sd 0.88). Within a
+    2 s budget they get about 11 rounds, too few to tell 0.6x from 1x through that swing (the old
+    rule ended there undecided and kept 1 thread); the probe's rounds, not seconds, must decide."""
+    from pytest_cnnbench import threadchoice, tuning
+    from pytest_cnnbench.cache import ArtifactCache
+
+    swing = itertools.cycle([math.exp(1.08), math.exp(-1.08), 1.0])
+    calls = {1: lambda: time.sleep(0.100), 2: lambda: time.sleep(0.060 * next(swing))}
+    comparison = threadchoice.probe(calls, lambda n: None)
+    assert comparison.decided and comparison.choice == 2, comparison.verdict
+    assert comparison.ratios[2][2] < 1 - timing.PROBE_MARGIN
+    # An undecided probe keeps the default for this session only; a decision is remembered.
+    cache, cell = ArtifactCache(tmp_path), ("model", "eager", 1, "fp32", "cpu", "mnist", (1, 28, 28))
+    undecided = timing.Comparison(1, {1: 100.0, 2: 90.0}, {2: (0.9, 0.7, 1.1)}, 20, "undecided after 20 rounds: kept 1",
+                                  decided=False)
+    assert not threadchoice.remember(cache, cell, 1, undecided)
+    assert threadchoice.remembered(cache, cell) is None
+    assert threadchoice.remember(cache, cell, 2, comparison)
+    assert threadchoice.remembered(cache, cell) == 2
+    # Choices remembered under the old rule (undecided probes stored as decisions) are not trusted.
+    tuning.remember_choice(cache, "threads", ("other", *cell[1:]), 1, {"verdict": "undecided after 6 rounds: kept 1"})
+    assert threadchoice.remembered(cache, ("other", *cell[1:])) is None

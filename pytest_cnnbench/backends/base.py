@@ -57,13 +57,36 @@ class Prepared(Protocol):
     def close(self) -> None: ...
 
 
+# How a backend's prepared models use CPU threads (``Backend.thread_use``; see ``thread_use()``):
+THREADS_TORCH = "torch"  # calls run on torch's intra-op pool: torch.set_num_threads between calls changes the count
+THREADS_AT_PREPARE = "prepare"  # the count is fixed when prepared (ctx.threads): another count is another instance
+# Not said (None): prepared with ctx.threads and torch's count set; nothing switched between calls, no second instance.
+
+
 class Backend(Protocol):
+    """``name``, ``unavailable_reason`` and ``prepare`` are required; the attributes below are optional
+    (``thread_use()`` and ``device_events()`` read them with their defaults)."""
+
     name: str
+    thread_use: Optional[str]  # THREADS_TORCH, THREADS_AT_PREPARE or None (not said)
+    device_events: bool  # its DeviceCall is timed with CUDA events too (work on PyTorch's current stream)
 
     def unavailable_reason(self, device: str, precision: str) -> Optional[str]:
         """None if this backend can run ``precision`` on ``device`` here, else why not."""
 
     def prepare(self, module: torch.nn.Module, ctx: PrepareContext) -> Prepared: ...
+
+
+def thread_use(backend: Any) -> Optional[str]:
+    """How ``backend`` uses CPU threads: its ``thread_use`` attribute, None where it says nothing."""
+    use = getattr(backend, "thread_use", None)
+    return use if use in (THREADS_TORCH, THREADS_AT_PREPARE) else None
+
+
+def device_events(backend: Any) -> bool:
+    """Whether ``backend``'s device calls are timed with CUDA events: it says so (``device_events``), or
+    its memory is torch's allocator (its work is on PyTorch's current stream)."""
+    return bool(getattr(backend, "device_events", False) or getattr(backend, "uses_torch_allocator", False))
 
 
 def torch_precision_reason(label: str, device: str, precision: str) -> Optional[str]:

@@ -7,11 +7,12 @@ from typing import Optional
 
 import torch
 
-from .base import PrepareContext, TorchPrepared, parameter_bytes, torch_dtype, torch_precision_reason
+from .base import THREADS_TORCH, PrepareContext, TorchPrepared, parameter_bytes, torch_dtype, torch_precision_reason
 
 
 class EagerBackend:
     name = "eager"
+    thread_use = THREADS_TORCH  # see base.thread_use
     uses_torch_allocator = True  # device memory is exactly torch.cuda.max_memory_allocated
 
     def unavailable_reason(self, device: str, precision: str) -> Optional[str]:

@@ -28,7 +28,7 @@ import torch
 from .. import progress
 from ..cache import hash_parts
 from ..lazy import require
-from .base import PrepareContext
+from .base import THREADS_AT_PREPARE, PrepareContext
 from .ort_quant import cpu_flags, has_vnni
 
 RANGE_ESTIMATORS = {"minmax": "MINMAX", "percentile": "MEAN_QUANTILE", "entropy": "HISTOGRAM"}
@@ -47,8 +47,20 @@ def _ir_id(ctx: PrepareContext, xml: Path, weights: Path) -> str:
     return f"{ctx.cache.content_id(xml)} {ctx.cache.content_id(weights)}"
 
 
+def _thread_settings(compiled: Any) -> dict[str, Any]:
+    """What sets and places the compiled model's threads, as OpenVINO reports it (the row's thread_pinning)."""
+    out: dict[str, Any] = {}
+    for key in ("INFERENCE_NUM_THREADS", "ENABLE_CPU_PINNING", "SCHEDULING_CORE_TYPE", "ENABLE_HYPER_THREADING", "NUM_STREAMS"):
+        try:
+            out[key] = str(compiled.get_property(key))
+        except Exception:  # not reported by this OpenVINO version
+            out[key] = None
+    return out
+
+
 class OpenVinoPrepared:
     cache_hit: bool
+    thread_settings: Optional[dict[str, Any]] = None  # what sets and places its threads (_thread_settings)
     artifact_id: Optional[str] = None
     calibration: Optional[str] = None
     quantization: Optional[str] = None
@@ -88,6 +100,7 @@ class OpenVinoPrepared:
 
 class OpenVinoBackend:
     name = "openvino"
+    thread_use = THREADS_AT_PREPARE  # see base.thread_use
 
     def unavailable_reason(self, device: str, precision: str) -> Optional[str]:
         try:
@@ -127,6 +140,7 @@ class OpenVinoBackend:
         compiled = _core().compile_model(model, "CPU", config)
         prepared = OpenVinoPrepared(compiled, ctx.batch_size, f"openvino CPU {ov.__version__.split('-')[0]}", size, cache_hit)
         prepared.artifact_path = artifact_path  # the model a deployment compiles (coldstart/)
+        prepared.thread_settings = _thread_settings(compiled)
         # The compiled shape is static (the batch size) and the precision hint picks kernels: both are in the id.
         prepared.artifact_id = (f"openvino {ov.__version__} {artifact_name} {config['INFERENCE_PRECISION_HINT']} "
                                 f"batch {ctx.batch_size}")

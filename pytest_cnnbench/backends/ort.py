@@ -24,7 +24,7 @@ from .. import progress
 from ..cache import hash_parts
 from ..environment import physical_cores
 from ..lazy import require, unavailable
-from .base import PrepareContext
+from .base import THREADS_AT_PREPARE, PrepareContext
 
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -122,6 +122,7 @@ class OrtPrepared:
     artifact_id: Optional[str] = None
     calibration: Optional[str] = None  # int8: which images calibrated it and how
     quantization: Optional[str] = None  # int8: the scheme
+    thread_settings: Optional[dict[str, Any]] = None  # what sets and places its threads (OrtBackend.thread_settings)
 
     def __init__(self, session: Any, provider: str, artifact_bytes: int, cache_hit: bool, device: str,
                  math: Optional[str] = None) -> None:
@@ -180,6 +181,7 @@ class OrtPrepared:
 
 class OrtBackend:
     name = "ort"
+    thread_use = THREADS_AT_PREPARE  # see base.thread_use
     provider_for_device = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
     def unavailable_reason(self, device: str, precision: str) -> Optional[str]:
@@ -225,6 +227,19 @@ class OrtBackend:
         options.add_session_config_entry("session.force_spinning_stop", "1")
         return options
 
+    @staticmethod
+    def thread_settings(session: Any) -> dict[str, Any]:
+        """What sets and places the session's threads, as the session reports it (the row's thread_pinning)."""
+        options = session.get_session_options()
+        out: dict[str, Any] = {"intra_op_num_threads": options.intra_op_num_threads,
+                               "inter_op_num_threads": options.inter_op_num_threads}
+        for key in ("session.intra_op_thread_affinities", "session.force_spinning_stop", "session.intra_op.allow_spinning"):
+            try:
+                out[key] = options.get_session_config_entry(key) or None
+            except Exception:  # not set: ONNX Runtime's default
+                out[key] = None
+        return out
+
     def providers(self, ctx: PrepareContext) -> list[Any]:
         return [self.provider_for_device[ctx.device]]
 
@@ -267,6 +282,7 @@ class OrtBackend:
         if active[0] != wanted:
             raise RuntimeError(f"ONNX Runtime fell back to {active[0]} instead of {wanted}; refusing to report its figures as {wanted}'s")
         prepared = OrtPrepared(session, active[0], path.stat().st_size, cache_hit, ctx.device, self.math(session, ctx))
+        prepared.thread_settings = self.thread_settings(session)
         prepared.artifact_id = f"onnxruntime {ort.__version__} {active[0]} {ctx.cache.content_id(path)}"
         prepared.artifact_path = path  # the model file a deployment loads (coldstart/)
         if ctx.precision == "int8":
@@ -304,6 +320,19 @@ class OrtTensorrtBackend(OrtBackend):
         # TensorRT's builder allows TF32 by default and the provider has no option to clear it; with
         # trt_fp16_enable TensorRT picks fp16 or fp32 per layer (TF32 where fp32 is picked).
         return "fp16/fp32 mix (TensorRT picks), TF32 allowed" if ctx.precision == "fp16" else "fp32, TF32 allowed"
+
+    @staticmethod
+    def thread_settings(session: Any) -> dict[str, Any]:
+        """What sets and places the session's threads, as the session reports it (the row's thread_pinning)."""
+        options = session.get_session_options()
+        out: dict[str, Any] = {"intra_op_num_threads": options.intra_op_num_threads,
+                               "inter_op_num_threads": options.inter_op_num_threads}
+        for key in ("session.intra_op_thread_affinities", "session.force_spinning_stop", "session.intra_op.allow_spinning"):
+            try:
+                out[key] = options.get_session_config_entry(key) or None
+            except Exception:  # not set: ONNX Runtime's default
+                out[key] = None
+        return out
 
     def providers(self, ctx: PrepareContext) -> list[Any]:
         # Engines are cached by ONNX Runtime itself, beside our ONNX cache, keyed by GPU and TensorRT version.

@@ -22,7 +22,7 @@ import torch
 from .. import progress
 from ..cache import hash_parts
 from ..timing import compare_interleaved
-from .base import PrepareContext, TorchPrepared, torch_dtype, torch_precision_reason
+from .base import THREADS_TORCH, PrepareContext, TorchPrepared, torch_dtype, torch_precision_reason
 
 
 def _silence_deprecation() -> None:
@@ -33,6 +33,7 @@ def _silence_deprecation() -> None:
 
 class TorchScriptBackend:
     name = "torchscript"
+    thread_use = THREADS_TORCH  # see base.thread_use
     uses_torch_allocator = True
 
     def unavailable_reason(self, device: str, precision: str) -> Optional[str]:

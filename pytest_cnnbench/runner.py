@@ -154,7 +154,8 @@ class CellRunner:
                 dataset, images, labels = bench.dataset(spec, built, model.info)
         except CellSkip as exc:
             pytest.skip(str(exc))
-        result.set(weights=built.weights_kind, weights_note=built.weights_note, weights_id=built.weights_id or None)
+        result.set(weights=built.weights_kind, weights_note=built.weights_note, weights_id=built.weights_id or None,
+                   dataset_images=getattr(dataset, "total_images", None), evaluation=getattr(dataset, "evaluation_note", None))
         result.accuracy_valid = built.accuracy_meaningful and bool(dataset.labels_meaningful)
 
         batch = images[: spec.batch_size]
@@ -169,6 +170,8 @@ class CellRunner:
             with _phase(phases, "dataset"), self.lock.shared():
                 calibration = bench.calibration(spec, built, model.info)
             ctx.calibration, ctx.calibration_id, ctx.calibration_note = calibration.images, calibration.id, calibration.note
+            if not calibration.held_out:
+                result.notes.append(f"calibration images are among the evaluated: {calibration.note}")
         threads_before = torch.get_num_threads()
         prepared: Optional[Prepared] = None
         reference_prepared: Optional[Prepared] = None

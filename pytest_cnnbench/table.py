@@ -247,6 +247,8 @@ def table_notes(results: list[dict[str, Any]]) -> list[str]:
         notes.append(f"{FALLBACK_MARK} speedup over eager fp32: eager has no path for this precision on this device")
     if any(s is not None and not s.get("paired") for s in speedups(results)):
         notes.append(f"{UNPAIRED_MARK} speedup from two p50s timed apart (not side by side): its ±ci is both rows' spreads")
+    for evaluation in sorted({f"{r.get('dataset')}: {r['evaluation']}" for r in results if r.get("evaluation")}):
+        notes.append(f"evaluated on {evaluation}")  # the same images in every row of that dataset
     if shows_math(results):
         notes.append("math = what the GPU computed where it differs from prec (TF32: fp32 inputs rounded to 10-bit mantissas)")
     if any((r.get("latency_ms") or {}).get("stable") is False for r in results):

@@ -26,7 +26,7 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
                   "ImageNet classifier as torchvision:NAME or timm:NAME, shell wildcards allowed)", "all"),
     "cnn-dataset": ("evaluate on this dataset instead of each model's default (e.g. synthetic)", None),
     "cnn-device": ("device: cpu, cuda or auto (cuda when available)", "auto"),
-    "cnn-precision": ("precisions: comma list of fp32, fp16, int8", "fp32"),
+    "cnn-precision": ("precisions: comma list of fp32, fp16, int8, bf16", "fp32"),
     "cnn-batch-size": ("batch sizes to time: comma list of positive integers", "1"),
     "cnn-weights": ("weights: pretrained, random, or a path to a state dict file", "pretrained"),
     "cnn-data-root": ("folder holding the datasets (default: $CNNBENCH_DATA_ROOT)", None),

@@ -192,7 +192,7 @@ BUILTINS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "trt": ("pytest_cnnbench.backends.trt:TrtBackend", dict(
             description="TensorRT through torch-tensorrt (CUDA GPUs only)")),
         "inductor": ("pytest_cnnbench.backends.inductor:InductorBackend", dict(
-            description="torch.compile with inductor (freezing on, --cnn-inductor-mode), fp32 on the CPU")),
+            description="torch.compile with inductor (freezing on, --cnn-inductor-mode), fp32 or bf16 on the CPU")),
         "openvino": ("pytest_cnnbench.backends.openvino:OpenVinoBackend", dict(
             description="OpenVINO on the CPU from the ONNX export; int8 by NNCF post-training quantization")),
     },

@@ -40,6 +40,8 @@ THREADS_AT_PREPARE = {"ort", "openvino"}
 REFERENCE = "reference"  # the companion name of the eager reference a cell's speedup is measured against
 # Precisions eager PyTorch has no path for on a device: their speedup is over eager fp32.
 EAGER_LACKS = {("cpu", "fp16"), ("cpu", "int8"), ("cuda", "int8")}
+# Precisions whose speedup is over eager fp32 even where eager runs them: what a bf16 deployment replaces is fp32.
+OVER_EAGER_FP32 = {"bf16"}
 
 
 def remeasure_reason(stats: LatencyStats, disturbed: Optional[str], host_moved_it: Optional[bool] = None) -> Optional[str]:
@@ -267,7 +269,7 @@ class CellRunner:
         if spec.backend == "eager" and spec.precision == "fp32":
             return None
         precision = spec.precision
-        if spec.backend == "eager" or (self.device, precision) in EAGER_LACKS:
+        if spec.backend == "eager" or (self.device, precision) in EAGER_LACKS or precision in OVER_EAGER_FP32:
             precision = "fp32"
         if spec.backend == "eager" and precision == spec.precision:
             return None

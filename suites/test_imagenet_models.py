@@ -37,9 +37,7 @@ AGREEMENT = {
     ("cpu", "fp16"): (2e-2, 0.98),
     ("cuda", "fp16"): (2e-2, 0.98),
     ("cuda", "int8"): (1e-1, 0.90),
-    # bf16 (8-bit mantissa, the whole model cast): see BF16_AGREEMENT below for what was measured.
-    ("cpu", "bf16"): (1e-1, 0.95),
-    ("cuda", "bf16"): (1e-1, 0.95),
+    ("cuda", "bf16"): (1e-1, 0.95),  # not measured here (no GPU): set from bf16's 8-bit mantissa
 }
 # CPU int8 (ONNX Runtime QDQ and OpenVINO/NNCF, 64 calibration images, minmax), measured here on the
 # 1000-image sample with calibrated random weights (no pretrained weights reachable):
@@ -55,12 +53,25 @@ AGREEMENT = {
 # larger error: they still fail a broken quantization (wrong scales or channel order: agreement near
 # chance, 0.1-1%); with real weights the binding check is the accuracy rule in test_imagenet_model
 # (int8 top-1 at least 99% of fp32's, MLPerf's rule).
-CPU_INT8_AGREEMENT = {"resnet50": (2.0, 0.04), "googlenet": (1.2, 0.15), "alexnet": (0.4, 0.6)}
+# efficientnet_lite0, with its real weights, keeps far more (936 images, 64 held-apart calibration images):
+# 98.6% / 97.4% (ort / openvino), rel_err 0.10 / 0.30; its floors sit a few points under and at twice the error.
+CPU_INT8_AGREEMENT = {"resnet50": (2.0, 0.04), "googlenet": (1.2, 0.15), "alexnet": (0.4, 0.6),
+                      "efficientnet_lite0": (0.6, 0.95)}
+# CPU bf16 (the whole model cast) against eager fp32, measured here by scripts/bf16_agreement.py on 96
+# images of the sample: efficientnet_lite0 (its real weights) top-1 agreement 99.0%, rel_err 0.024;
+# resnet50 (calibrated random weights) 26%, rel_err 0.13, for the reason int8's is low (above). Through
+# the suite on 936 images, efficientnet_lite0: eager 99.0% e3e-02, inductor 99.1% e3e-02, openvino
+# 99.1% e6e-02. The floors are about half the agreement (efficientnet_lite0: 3 points under it) and
+# twice the larger error; a model measured neither way gets int8's loose default, which still fails
+# chance-level output.
+CPU_BF16_AGREEMENT = {"efficientnet_lite0": (0.12, 0.96), "resnet50": (0.3, 0.12)}
 
 
 def agreement_limits(device: str, precision: str, model: str) -> tuple[float, float]:
     if (device, precision) == ("cpu", "int8"):
         return CPU_INT8_AGREEMENT.get(model, (2.0, 0.04))
+    if (device, precision) == ("cpu", "bf16"):
+        return CPU_BF16_AGREEMENT.get(model, (2.0, 0.04))
     return AGREEMENT[device, precision]
 
 

@@ -82,8 +82,8 @@ class InductorBackend:
     uses_torch_allocator = True
 
     def unavailable_reason(self, device: str, precision: str) -> Optional[str]:
-        if precision == "bf16" and device == "cpu":
-            reason = bf16_reason("inductor", device)
+        if precision == "bf16":
+            reason = bf16_reason("inductor", device) if device == "cpu" else None
             if reason:
                 return reason
         elif precision != "fp32":

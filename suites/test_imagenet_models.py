@@ -62,9 +62,10 @@ CPU_INT8_AGREEMENT = {"resnet50": (2.0, 0.04), "googlenet": (1.2, 0.15), "alexne
 # resnet50 (calibrated random weights) 26%, rel_err 0.13, for the reason int8's is low (above). Through
 # the suite on 936 images, efficientnet_lite0: eager 99.0% e3e-02, inductor 99.1% e3e-02, openvino
 # 99.1% e6e-02. The floors are about half the agreement (efficientnet_lite0: 3 points under it) and
-# twice the larger error; a model measured neither way gets int8's loose default, which still fails
+# twice the larger error (resnet50: nearly four times, as openvino's bf16 error ran twice eager's on
+# efficientnet_lite0); a model measured neither way gets int8's loose default, which still fails
 # chance-level output.
-CPU_BF16_AGREEMENT = {"efficientnet_lite0": (0.12, 0.96), "resnet50": (0.3, 0.12)}
+CPU_BF16_AGREEMENT = {"efficientnet_lite0": (0.12, 0.96), "resnet50": (0.5, 0.12)}
 
 
 def agreement_limits(device: str, precision: str, model: str) -> tuple[float, float]:

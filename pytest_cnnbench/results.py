@@ -111,6 +111,8 @@ class CellResult:
     batch_size: int
     dataset: Optional[str]
     samples: Optional[int] = None
+    dataset_images: Optional[int] = None  # images in the dataset, where some were held apart for calibration
+    evaluation: Optional[str] = None  # which images were evaluated where not all, e.g. "936 of the 1000 images: 64 held apart ..."
     top1: Optional[float] = None
     top5: Optional[float] = None
     accuracy_valid: Optional[bool] = None

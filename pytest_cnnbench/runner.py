@@ -36,6 +36,8 @@ from .workbench import ACCURACY_BATCH, CellModel, Workbench, accuracy_batch, dev
 REFERENCE = "reference"  # the companion name of the eager reference a cell's speedup is measured against
 # Precisions eager PyTorch has no path for on a device: their speedup is over eager fp32.
 EAGER_LACKS = {("cpu", "fp16"), ("cpu", "int8"), ("cuda", "int8")}
+# Precisions whose speedup is over eager fp32 even where eager runs them: what a bf16 deployment replaces is fp32.
+OVER_EAGER_FP32 = {"bf16"}
 
 
 def remeasure_reason(stats: LatencyStats, disturbed: Optional[str], host_moved_it: Optional[bool] = None) -> Optional[str]:
@@ -150,7 +152,8 @@ class CellRunner:
                 dataset, images, labels = bench.dataset(spec, built, model.info)
         except CellSkip as exc:
             pytest.skip(str(exc))
-        result.set(weights=built.weights_kind, weights_note=built.weights_note, weights_id=built.weights_id or None)
+        result.set(weights=built.weights_kind, weights_note=built.weights_note, weights_id=built.weights_id or None,
+                   dataset_images=getattr(dataset, "total_images", None), evaluation=getattr(dataset, "evaluation_note", None))
         result.accuracy_valid = built.accuracy_meaningful and bool(dataset.labels_meaningful)
 
         batch = images[: spec.batch_size]
@@ -165,6 +168,8 @@ class CellRunner:
             with _phase(phases, "dataset"), self.lock.shared():
                 calibration = bench.calibration(spec, built, model.info)
             ctx.calibration, ctx.calibration_id, ctx.calibration_note = calibration.images, calibration.id, calibration.note
+            if not calibration.held_out:
+                result.notes.append(f"calibration images are among the evaluated: {calibration.note}")
         threads_before = torch.get_num_threads()
         prepared: Optional[Prepared] = None
         reference_prepared: Optional[Prepared] = None
@@ -264,7 +269,7 @@ class CellRunner:
         if spec.backend == "eager" and spec.precision == "fp32":
             return None
         precision = spec.precision
-        if spec.backend == "eager" or (self.device, precision) in EAGER_LACKS:
+        if spec.backend == "eager" or (self.device, precision) in EAGER_LACKS or precision in OVER_EAGER_FP32:
             precision = "fp32"
         if spec.backend == "eager" and precision == spec.precision:
             return None

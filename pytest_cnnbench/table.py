@@ -27,6 +27,7 @@ UNPAIRED_MARK = "~"  # a speedup from two p50s timed apart, not side by side (sp
 PACE_TOLERANCE = 0.10  # as machine.PACE_TOLERANCE: a session this far off its usual pace is said to be
 # Precisions eager PyTorch has no path for on a device: their rows' speedup is over eager fp32.
 EAGER_LACKS = {("cpu", "fp16"), ("cpu", "int8"), ("cuda", "int8")}
+OVER_FP32_MARK = "‡"  # bf16 rows: speedup over eager fp32 (runner.OVER_EAGER_FP32), though eager runs bf16 too
 
 
 def test_name(r: dict[str, Any]) -> Optional[str]:
@@ -55,14 +56,14 @@ def speedups(results: list[dict[str, Any]]) -> list[Optional[dict[str, Any]]]:
             eager[_key(r)] = r
     out: list[Optional[dict[str, Any]]] = []
     for r in results:
-        if r["backend"] == "eager" and eager.get(_key(r)) is r:
+        if r["backend"] == "eager" and r.get("precision") != "bf16" and eager.get(_key(r)) is r:
             out.append({"value": 1.0, "ci95_rel": 0.0, "paired": True, "reference": None})
             continue
         given = r.get("speedup")
         if given and given.get("value"):
             out.append(given)
             continue
-        base = eager.get(_key(r))
+        base = eager.get(_key(r)) if r.get("precision") != "bf16" else eager.get(_key(r, "fp32"))
         if base is None and (r.get("device"), r.get("precision")) in EAGER_LACKS:
             base = eager.get(_key(r, "fp32"))
         lat = r.get("latency_ms")
@@ -110,6 +111,8 @@ def _speedup(entry: Optional[dict[str, Any]], r: dict[str, Any]) -> str:
         text += UNPAIRED_MARK
     if (r.get("device"), r.get("precision")) in EAGER_LACKS:
         text += FALLBACK_MARK  # against eager fp32: eager has no path for this precision here
+    elif r.get("precision") == "bf16":
+        text += OVER_FP32_MARK
     return text
 
 
@@ -232,7 +235,7 @@ def _spread(lat: dict[str, Any]) -> str:
 
 def _agreement(r: dict[str, Any]) -> str:
     a = r.get("agreement")
-    if not a or r["backend"] == "eager":
+    if not a or (r["backend"] == "eager" and r.get("precision") == "fp32"):
         return "-"
     text = f"{100 * a['top1_agree']:.1f}% e{a['rel_err']:.0e}"
     return text if a.get("meaningful") else text + " (n/m)"
@@ -338,6 +341,8 @@ def table_notes(results: list[dict[str, Any]]) -> list[str]:
                      f"[its 95% interval, paired image by image: {method}]")
     if any(FALLBACK_MARK in _speedup(s, r) for s, r in zip(speedups(results), results)):
         notes.append(f"{FALLBACK_MARK} speedup over eager fp32: eager has no path for this precision on this device")
+    if any(OVER_FP32_MARK in _speedup(s, r) for s, r in zip(speedups(results), results)):
+        notes.append(f"{OVER_FP32_MARK} bf16: speedup over eager fp32 (what bf16 replaces), not over eager bf16")
     if any(s is not None and not s.get("paired") for s in speedups(results)):
         notes.append(f"{UNPAIRED_MARK} speedup from two p50s timed apart (not side by side): its ±ci is both rows' spreads")
     mixed = mixed_speedup_rules(results)  # a merge of older and newer result files
@@ -351,6 +356,8 @@ def table_notes(results: list[dict[str, Any]]) -> list[str]:
     if scaled:  # a thread sweep ran
         notes.append("scaling efficiency (time at 1 thread / time at n / n, the two timed side by side; 95% CI): "
                      + ", ".join(_scaling(r) for r in scaled))
+    for evaluation in sorted({f"{r.get('dataset')}: {r['evaluation']}" for r in results if r.get("evaluation")}):
+        notes.append(f"evaluated on {evaluation}")  # the same images in every row of that dataset
     if shows_math(results):
         notes.append("math = what the GPU computed where it differs from prec (TF32: fp32 inputs rounded to 10-bit mantissas)")
     if any((r.get("latency_ms") or {}).get("stable") is False for r in results):

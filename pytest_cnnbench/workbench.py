@@ -216,7 +216,7 @@ class Workbench:
             progress.update(f"loading and preprocessing dataset {spec.dataset}")
             dataset = registry.datasets.create(spec.dataset, ctx)
             images, labels = dataset.load(built.preprocess)
-            return dataset, images.contiguous(), labels
+            return self._hold_apart(dataset, images.contiguous(), labels)
 
         key = (spec.dataset, info.input_shape, info.num_classes, built.preprocess_id or id(built.preprocess))
         if key in self.dataset_errors:  # bad files: every cell on this data fails alike, without decoding it again
@@ -227,15 +227,30 @@ class Workbench:
             self.dataset_errors[key] = exc
             raise
 
+    def _hold_apart(self, dataset: Any, images: torch.Tensor, labels: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """Images held apart for int8 calibration (--cnn-calibration-split), from every row's evaluation alike,
+        unless the dataset has a calibration split of its own or --cnn-calibration-dir supplies them."""
+        from .calibration import hold_apart, split_count
+
+        s = self.settings
+        if s.calibration_dir is not None and hasattr(dataset, "file_hashes"):
+            return dataset, images, labels
+        try:
+            count = split_count(s.calibration_split, len(images), s.calibration_images)
+        except ValueError as exc:
+            raise DatasetError(str(exc)) from None
+        return hold_apart(dataset, images, labels, count)
+
     def calibration(self, spec: CellSpec, built: BuiltModel, info: ModelInfo) -> Any:
         """The int8 calibration images for the cell's dataset (see ``calibration.py``), once per process."""
         from .calibration import calibration_set
 
         dataset, images, _ = self.dataset(spec, built, info)
         count = self.settings.calibration_images
-        key = (spec.dataset, info.input_shape, info.num_classes, built.preprocess_id or id(built.preprocess), count)
+        folder = self.settings.calibration_dir
+        key = (spec.dataset, info.input_shape, info.num_classes, built.preprocess_id or id(built.preprocess), count, folder)
         return self.calibrations.get_or_make(
-            key, lambda: calibration_set(dataset, built.preprocess, built.preprocess_id, images, count))
+            key, lambda: calibration_set(dataset, built.preprocess, built.preprocess_id, images, count, folder))
 
     # -- the eager reference --------------------------------------------------------------
     def reference(self, model: CellModel, device: str, images: torch.Tensor, labels: torch.Tensor,

@@ -1,4 +1,4 @@
-"""ResNet50, AlexNet and GoogLeNet on ImageNet-style images: accuracy, agreement with eager, latency, memory.
+"""EfficientNet-Lite0 (real ImageNet weights), ResNet50, AlexNet and GoogLeNet on ImageNet-style images: accuracy, agreement with eager, latency, memory.
 
 Top-1 floors: on the full ILSVRC-2012 validation set, 99% of torchvision's published top-1
 of the pretrained weights; on any other dataset, ``cnn_min_top1`` (ini or --cnn-min-top1)
@@ -10,14 +10,18 @@ import pytest
 
 from pytest_cnnbench.thresholds import top1_floor
 
-pytestmark = pytest.mark.cnnbench(models=["resnet50", "alexnet", "googlenet"])
+pytestmark = pytest.mark.cnnbench(models=["efficientnet_lite0", "resnet50", "alexnet", "googlenet"])
 
 # Floors on datasets other than the full validation set: half the published top-1. A sample
 # or a user's own photos can legitimately score some points off the published figure (1000
 # images alone carry about +-1.3 points of sampling error), so these catch what is broken
 # (preprocessing, class order, weights), not small regressions. Tighten them per dataset here
 # or with cnn_min_top1.
-MIN_TOP1 = {"resnet50": 0.40, "alexnet": 0.28, "googlenet": 0.35}
+MIN_TOP1 = {"resnet50": 0.40, "alexnet": 0.28, "googlenet": 0.35, "efficientnet_lite0": 0.85}
+# efficientnet_lite0 runs with its real weights here, so its floor is set from this sample instead
+# (docs/models.md): eager fp32 scores 88.3% top-1 on the 1000 images (binomial standard error 1.0 point),
+# and 77.9% with ImageNet's mean/std instead of the weights' 0.5/0.5. 0.85 sits about 3 standard errors
+# below the first and 7 points above the second: a wrong preprocessing fails, sampling noise does not.
 
 # Agreement with eager PyTorch fp32 on the same images: (max relative logit error, min top-1 agreement),
 # by (device, precision). CPU fp32, measured here with calibrated random weights: rel_err 2e-6..9e-6
@@ -33,6 +37,7 @@ AGREEMENT = {
     ("cpu", "fp16"): (2e-2, 0.98),
     ("cuda", "fp16"): (2e-2, 0.98),
     ("cuda", "int8"): (1e-1, 0.90),
+    ("cuda", "bf16"): (1e-1, 0.95),  # not measured here (no GPU): set from bf16's 8-bit mantissa
 }
 # CPU int8 (ONNX Runtime QDQ and OpenVINO/NNCF, 64 calibration images, minmax), measured here on the
 # 1000-image sample with calibrated random weights (no pretrained weights reachable):
@@ -48,7 +53,19 @@ AGREEMENT = {
 # larger error: they still fail a broken quantization (wrong scales or channel order: agreement near
 # chance, 0.1-1%); with real weights the binding check is the accuracy rule in test_imagenet_model
 # (int8 top-1 at least 99% of fp32's, MLPerf's rule).
-CPU_INT8_AGREEMENT = {"resnet50": (2.0, 0.04), "googlenet": (1.2, 0.15), "alexnet": (0.4, 0.6)}
+# efficientnet_lite0, with its real weights, keeps far more (936 images, 64 held-apart calibration images):
+# 98.6% / 97.4% (ort / openvino), rel_err 0.10 / 0.30; its floors sit a few points under and at twice the error.
+CPU_INT8_AGREEMENT = {"resnet50": (2.0, 0.04), "googlenet": (1.2, 0.15), "alexnet": (0.4, 0.6),
+                      "efficientnet_lite0": (0.6, 0.95)}
+# CPU bf16 (the whole model cast) against eager fp32, measured here by scripts/bf16_agreement.py on 96
+# images of the sample: efficientnet_lite0 (its real weights) top-1 agreement 99.0%, rel_err 0.024;
+# resnet50 (calibrated random weights) 26%, rel_err 0.13, for the reason int8's is low (above). Through
+# the suite on 936 images, efficientnet_lite0: eager 99.0% e3e-02, inductor 99.1% e3e-02, openvino
+# 99.1% e6e-02. The floors are about half the agreement (efficientnet_lite0: 3 points under it) and
+# twice the larger error (resnet50: nearly four times, as openvino's bf16 error ran twice eager's on
+# efficientnet_lite0); a model measured neither way gets int8's loose default, which still fails
+# chance-level output.
+CPU_BF16_AGREEMENT = {"efficientnet_lite0": (0.12, 0.96), "resnet50": (0.5, 0.12)}
 
 
 # What a row other than eager fp32 may cost in top-1, in points, judged by the 95% interval of the paired
@@ -62,6 +79,8 @@ MAX_TOP1_DROP_PP = 1.0
 def agreement_limits(device: str, precision: str, model: str) -> tuple[float, float]:
     if (device, precision) == ("cpu", "int8"):
         return CPU_INT8_AGREEMENT.get(model, (2.0, 0.04))
+    if (device, precision) == ("cpu", "bf16"):
+        return CPU_BF16_AGREEMENT.get(model, (2.0, 0.04))
     return AGREEMENT[device, precision]
 
 

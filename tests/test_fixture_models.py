@@ -68,7 +68,7 @@ def test_cnn_model_filters_fixture_params_like_registered_models(user_project):
     assert [line for line in result.outlines if "::test_my_models[" in line] == ["test_mine.py::test_my_models[wide-eager-bs1]"]
     result = run(user_project, "--cnn-backend=eager", "--cnn-model=tiny_typo")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "--cnn-model: unknown 'tiny_typo'; valid: all, lenet, resnet50, alexnet, googlenet, small, wide" in result.stderr.str()
+    assert "--cnn-model: unknown 'tiny_typo'; valid: all, lenet, resnet50, alexnet, googlenet, efficientnet_lite0, small, wide" in result.stderr.str()
 
 
 @pytest.mark.parametrize("returned, expected", [

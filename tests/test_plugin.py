@@ -24,7 +24,7 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
         ("--cnn-backend", "tensorflow", ["--cnn-backend: unknown 'tensorflow'", "eager", "torchscript", "ort", "trt"]),
         ("--cnn-model", "vgg99", ["--cnn-model: unknown 'vgg99'", "lenet", "tiny"]),
         ("--cnn-device", "tpu", ["--cnn-device: unknown 'tpu'", "cpu, cuda, auto"]),
-        ("--cnn-precision", "fp8", ["--cnn-precision: unknown 'fp8'", "fp32, fp16, int8"]),
+        ("--cnn-precision", "fp8", ["--cnn-precision: unknown 'fp8'", "fp32, fp16, int8, bf16"]),
         ("--cnn-batch-size", "1,0", ["--cnn-batch-size: '0' is not a positive integer"]),
         ("--cnn-batch-size", "eight", ["--cnn-batch-size: 'eight' is not a positive integer"]),
         ("--cnn-dataset", "cifar", ["--cnn-dataset: unknown 'cifar'", "mnist", "synthetic"]),

@@ -98,6 +98,37 @@ def torch_precision_reason(label: str, device: str, precision: str) -> Optional[
     return None
 
 
+# bf16 in hardware: x86 AVX512-BF16 (Cooper Lake, Zen 4) or AMX-BF16 (Sapphire Rapids), Arm BF16 (Graviton 3+).
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def bf16_reason(label: str, device: str) -> Optional[str]:
+    """Why ``label`` cannot run bf16 on ``device`` here (None: it can). On a CPU without bf16 instructions
+    the runtimes would emulate it or fall back to fp32: neither is a bf16 measurement."""
+    if device == "cuda":
+        try:
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # older torch: no emulation argument
+            native = torch.cuda.is_bf16_supported()
+        if not native:
+            return f"bf16 {label} needs a GPU with bf16 arithmetic (compute capability 8.0 or later); this one has none"
+        return None
+    from .ort_quant import cpu_flags
+
+    flags = cpu_flags()
+    if not set(BF16_CPU_FLAGS) & flags:
+        return (f"bf16 {label} needs bf16 instructions (x86 avx512_bf16 or amx_bf16, Arm bf16) and this CPU's "
+                "/proc/cpuinfo flags have none: it would run emulated or in fp32, which is not a bf16 measurement")
+    return None
+
+
+def check_bf16_output(label: str, output: Any) -> None:
+    """bf16 must be what ran: a model cast to bf16 whose output is another dtype did not run in bf16."""
+    dtype = getattr(output, "dtype", None)
+    if dtype != torch.bfloat16:
+        raise RuntimeError(f"{label} bf16: the output is {dtype}, not torch.bfloat16, so the model did not run in bf16")
+
+
 def model_fingerprint(module: torch.nn.Module) -> str:
     """Identify a model by architecture and weights, for artifact cache keys."""
     buffer = io.BytesIO()
@@ -110,7 +141,7 @@ def parameter_bytes(module: torch.nn.Module) -> int:
 
 
 def torch_dtype(precision: str) -> torch.dtype:
-    return {"fp32": torch.float32, "fp16": torch.float16}[precision]
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
 def torch_cuda_math(precision: str) -> str:

@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .. import progress
-from .base import PrepareContext, TorchPrepared, parameter_bytes
+from .base import PrepareContext, TorchPrepared, bf16_reason, check_bf16_output, parameter_bytes, torch_dtype
 
 _compiled_functions = itertools.count()
 
@@ -82,11 +82,15 @@ class InductorBackend:
     uses_torch_allocator = True
 
     def unavailable_reason(self, device: str, precision: str) -> Optional[str]:
-        if precision != "fp32":
+        if precision == "bf16":
+            reason = bf16_reason("inductor", device) if device == "cpu" else None
+            if reason:
+                return reason
+        elif precision != "fp32":
             if precision == "int8":
-                return ("inductor rows are fp32 only here (int8 would need PT2E quantization with X86InductorQuantizer, "
+                return ("inductor rows are fp32 or bf16 only here (int8 would need PT2E quantization with X86InductorQuantizer, "
                         "not built); use ort or openvino for int8 on the CPU")
-            return "inductor rows are fp32 only here (CPU half-precision convolutions are not a deployment path)"
+            return "inductor rows are fp32 or bf16 only here (CPU fp16 convolutions are not a deployment path)"
         if device != "cpu":
             return "the inductor backend is measured on the CPU only here (CUDA graphs and Triton kernels are not wired)"
         if cxx_compiler() is None:
@@ -98,17 +102,21 @@ class InductorBackend:
         from torch._inductor import config
 
         point_caches_at(str(ctx.cache.root / "inductor"))
-        model = copy.deepcopy(module).eval()  # frozen constants come from this copy, not the caller's module
+        # Frozen constants come from this copy, not the caller's module; bf16: the whole model cast, then compiled.
+        dtype = torch_dtype(ctx.precision)
+        model = copy.deepcopy(module).eval().to(dtype)
         mode = None if ctx.inductor_mode == "default" else ctx.inductor_mode
         compiled = torch.compile(fresh_function(model), mode=mode, dynamic=False)
-        example = torch.randn(ctx.batch_size, *ctx.input_shape)
+        example = torch.randn(ctx.batch_size, *ctx.input_shape, dtype=dtype)
         hits_before = counters["inductor"]["fxgraph_cache_hit"]
         threads = ctx.threads or torch.get_num_threads()
         progress.update(f"torch.compile (inductor, mode {ctx.inductor_mode}, batch {ctx.batch_size})")
         with config.patch(freezing=True, **{"cpp.threads": threads}), torch.inference_mode():
             compiled(example)  # compiles
-            compiled(example)  # and runs the compiled code once
-        prepared = InductorPrepared(compiled, "cpu", "fp32", f"inductor (mode {ctx.inductor_mode}, freezing)",
+            output = compiled(example)  # and runs the compiled code once
+        if ctx.precision == "bf16":
+            check_bf16_output("inductor", output)
+        prepared = InductorPrepared(compiled, "cpu", ctx.precision, f"inductor (mode {ctx.inductor_mode}, freezing)",
                                     parameter_bytes(model), cache_hit=counters["inductor"]["fxgraph_cache_hit"] > hits_before)
         prepared.max_batch = ctx.batch_size
         return prepared

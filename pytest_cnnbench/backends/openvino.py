@@ -28,9 +28,10 @@ import torch
 from .. import progress
 from ..cache import hash_parts
 from ..lazy import require
-from .base import THREADS_AT_PREPARE, PrepareContext
+from .base import THREADS_AT_PREPARE, PrepareContext, bf16_reason
 from .ort_quant import cpu_flags, has_vnni
 
+HINTS = {"fp16": "f16", "bf16": "bf16"}  # INFERENCE_PRECISION_HINT by precision (else f32: no silent bf16)
 RANGE_ESTIMATORS = {"minmax": "MINMAX", "percentile": "MEAN_QUANTILE", "entropy": "HISTOGRAM"}
 
 
@@ -111,6 +112,13 @@ class OpenVinoBackend:
             return str(exc)
         if device != "cpu":
             return "the openvino backend runs on the CPU (OpenVINO's GPU plugin is for Intel GPUs, not CUDA)"
+        if precision == "bf16":
+            reason = bf16_reason("OpenVINO", device)
+            if reason:
+                return reason
+            if "BF16" not in cpu_capabilities():
+                return (f"bf16 with OpenVINO's CPU plugin needs its BF16 capability; this CPU's capabilities are "
+                        f"{', '.join(cpu_capabilities())}, so it would run fp32")
         if precision == "fp16" and "FP16" not in cpu_capabilities():
             return (f"fp16 with OpenVINO's CPU plugin needs AMX-FP16, AVX512-FP16 or ARM fp16; this CPU's capabilities "
                     f"are {', '.join(cpu_capabilities())}, so it would run fp32")
@@ -131,13 +139,17 @@ class OpenVinoBackend:
             artifact_path = onnx_path
         model.reshape({0: [ctx.batch_size, *ctx.input_shape]})
         config = {
-            "INFERENCE_PRECISION_HINT": "f16" if ctx.precision == "fp16" else "f32",
+            "INFERENCE_PRECISION_HINT": HINTS.get(ctx.precision, "f32"),
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": "1",
             "INFERENCE_NUM_THREADS": str(ctx.threads or torch.get_num_threads()),
         }
         progress.update(f"OpenVINO compile_model (batch {ctx.batch_size})")
         compiled = _core().compile_model(model, "CPU", config)
+        if ctx.precision == "bf16":  # what the plugin compiled for, from its runtime properties: not the hint asked for
+            ran = compiled.get_property("INFERENCE_PRECISION_HINT")
+            if ran != ov.Type.bf16:
+                raise RuntimeError(f"OpenVINO bf16: the compiled model's INFERENCE_PRECISION_HINT is {ran}, not bf16")
         prepared = OpenVinoPrepared(compiled, ctx.batch_size, f"openvino CPU {ov.__version__.split('-')[0]}", size, cache_hit)
         prepared.artifact_path = artifact_path  # the model a deployment compiles (coldstart/)
         prepared.thread_settings = _thread_settings(compiled)

@@ -202,6 +202,10 @@ class OrtBackend:
     def precision_reason(self, device: str, precision: str) -> Optional[str]:
         if device == "cpu" and precision == "int8":
             return None  # static QDQ quantization (ort_quant.py)
+        if precision == "bf16":
+            return (f"bf16 with ONNX Runtime's {self.provider_for_device[device]} is not a path: it has no bf16 "
+                    "convolution kernels (a bf16 ONNX model would not load or would run in fp32); eager, inductor and "
+                    "openvino run bf16 on the CPU")
         if device == "cpu" and precision == "fp16":
             import platform
 
@@ -314,6 +318,8 @@ class OrtTensorrtBackend(OrtBackend):
     def precision_reason(self, device: str, precision: str) -> Optional[str]:
         if precision == "int8":
             return "int8 with ONNX Runtime's TensorRT provider needs a calibration table, which this backend does not make; use trt for int8"
+        if precision == "bf16":
+            return "bf16 with ONNX Runtime's TensorRT provider is not built here; use trt for bf16"
         return None
 
     def math(self, session: Any, ctx: PrepareContext) -> Optional[str]:

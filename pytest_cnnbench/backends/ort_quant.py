@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import io
 import logging
+import os
 import platform
 import tempfile
 from pathlib import Path
@@ -50,12 +51,18 @@ CALIBRATION_BATCH_MAX = 64
 RECIPE = "qdq per-channel, float head, strided calibration"  # in the cache key: change it when the recipe changes
 
 
+HIDE_FLAGS_ENV = "CNNBENCH_HIDE_CPU_FLAGS"  # comma list of flags to treat as absent (tests: a CPU without them)
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (x86 ``flags``, Arm ``Features``), less any named in
+    $CNNBENCH_HIDE_CPU_FLAGS."""
+    hidden = {f.strip() for f in os.environ.get(HIDE_FLAGS_ENV, "").split(",") if f.strip()}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):
-                return frozenset(line.split(":", 1)[1].split())
+                return frozenset(line.split(":", 1)[1].split()) - hidden
     except OSError:
         pass
     return frozenset()

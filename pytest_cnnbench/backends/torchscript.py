@@ -37,6 +37,9 @@ class TorchScriptBackend:
     uses_torch_allocator = True
 
     def unavailable_reason(self, device: str, precision: str) -> Optional[str]:
+        if precision == "bf16":
+            return ("bf16 TorchScript is not built here (torch.jit is deprecated, and its freeze/optimize_for_inference "
+                    "passes target fp32 oneDNN layouts); eager, inductor and openvino run bf16")
         return torch_precision_reason("TorchScript", device, precision)
 
     def _build(self, module: torch.nn.Module, ctx: PrepareContext):

@@ -6,7 +6,8 @@
   profile's opt batch, and torch.export specializes a batch of 1 to a constant.
 - Precision comes from types: torch-tensorrt 2.14 always builds strongly typed networks
   (``enabled_precisions`` and ``use_explicit_typing`` are no longer parameters of
-  ``dynamo.compile``; it swallows them). fp16: the module and its input are half. fp32:
+  ``dynamo.compile``; it swallows them). fp16 (bf16): the module and its input are half (bf16, on GPUs of
+  compute capability 8.0 or later). fp32:
   ``disable_tf32=True``, as TensorRT would otherwise run fp32 layers in TF32.
 - int8: post-training quantization with NVIDIA ModelOpt (quantize/dequantize nodes, the
   path torch-tensorrt documents for the dynamo frontend), calibrated on real images of the
@@ -31,7 +32,7 @@ from .. import progress
 from ..cache import hash_parts
 from ..environment import package_version
 from ..lazy import require, unavailable
-from .base import PrepareContext, TorchPrepared, parameter_bytes
+from .base import PrepareContext, TorchPrepared, bf16_reason, parameter_bytes
 from .trt_export import (SUFFIX, batch_dynamic_shapes, batch_range_problem, example_input, export_dynamic_batch,
                          load_validated, save_pt2)
 
@@ -43,6 +44,7 @@ EXPORT_SCHEME = "torch.export dynamic batch, dynamo.compile, pt2"  # part of the
 MATH = {
     "fp32": "fp32, TF32 off",
     "fp16": "fp16",
+    "bf16": "bf16",
     "int8": "int8 Q/DQ (ModelOpt) + fp32, TF32 off",
 }
 
@@ -69,6 +71,10 @@ class TrtBackend:
         reason = unavailable("torch_tensorrt", extra="gpu")
         if reason:
             return reason
+        if precision == "bf16":  # strongly typed: the module and its input cast to bf16, as for fp16
+            reason = bf16_reason("TensorRT", device)
+            if reason:
+                return reason
         if precision == "int8":
             reason = unavailable("modelopt.torch.quantization", extra="gpu")
             if reason:
@@ -77,7 +83,7 @@ class TrtBackend:
 
     def prepare(self, module: torch.nn.Module, ctx: PrepareContext) -> TorchPrepared:
         torch_tensorrt = require("torch_tensorrt", extra="gpu")
-        dtype = torch.float16 if ctx.precision == "fp16" else torch.float32
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(ctx.precision, torch.float32)
         max_batch = profile_max_batch(ctx.batch_size)
         gpu = torch.cuda.get_device_name()
         key = hash_parts("trt", EXPORT_SCHEME, ctx.model_key, ctx.precision, f"{ctx.batch_size}/{max_batch}",

@@ -251,8 +251,9 @@ class ImageFolderDataset:
         # or re-checked-out (new modification times) keys the same caches. Hashing the bytes costs
         # about 0.3 s per 100 MB, small next to decoding them.
         parts = [self.layout]
-        for path, label in zip(self.files, labels):
-            parts.append(f"{sha256_file(path)}|{label}")
+        self.file_hashes = [sha256_file(path) for path in self.files]  # also: calibration folders' overlap
+        for digest, label in zip(self.file_hashes, labels):
+            parts.append(f"{digest}|{label}")
         self.content_id = hash_parts("imagefolder", *parts)
 
     @classmethod
@@ -337,6 +338,7 @@ class ImageFolderDataset:
         self.log(message)
         warnings.warn(message, UserWarning, stacklevel=2)
         self.files = [self.files[i] for i in keep.tolist()]
+        self.file_hashes = [self.file_hashes[i] for i in keep.tolist()]
         self.missing = []  # reported once: a second load() has nothing more to leave out
         self.content_id = hash_parts(self.content_id, "left out", *map(str, sorted(bad)))
         return keep

@@ -48,7 +48,7 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
     "cnn-compare": ("compare with this result file of an earlier run (from --cnn-json): adds change columns", None),
     "cnn-compare-fail": ("with --cnn-compare, fail the session when a cell regresses past a rule: comma list of "
                          "METRIC:THRESHOLD, e.g. p50:10%,throughput:5%,top1:0.5 (latency/throughput in %, "
-                         "top1/top5 in percentage points)", None),
+                         "top1/top5 in percentage points; speedup:5% on the paired speedup); a rule that checked no cell fails", None),
     "cnn-selfcheck": ("run only the harness's self-checks (overhead, parity with hand tuning, repeatability)", None),
     "cnn-require-accuracy": ("fail cells whose accuracy cannot be asserted (random weights, unlabelled data) "
                              "instead of passing them with a note", None),

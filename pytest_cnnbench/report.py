@@ -103,10 +103,14 @@ def markdown(results: Sequence[dict[str, Any]], environment: dict[str, Any], com
         out += [f"- {_md(note)}" for note in comparison.notes()]
         if comparison.rules:
             rules = ", ".join(rule.text for rule in comparison.rules)
+            out += [f"- {_md(line)}" for line in comparison.rule_lines()]
             if comparison.violations:
                 out += ["", f"**{len(comparison.violations)} regression(s) past the fail rules ({rules}):**", ""]
                 out += [f"- {_md(v.message)}" for v in comparison.violations]
-            else:
+            if comparison.gate_failures():
+                out += ["", f"**the fail rules ({rules}) could not check what they were asked to:**", ""]
+                out += [f"- {_md(line)}" for line in comparison.gate_failures()]
+            if not comparison.failed:
                 out += [f"- every matching cell is within the fail rules ({_md(rules)})"]
     return "\n".join(out) + "\n"
 

@@ -151,7 +151,7 @@ class CnnBenchSession:
             baseline_label=str(self.settings.compare_path), current_env=self.environment(),
             baseline_env=self.baseline.get("environment"),  # type: ignore[union-attr]
         )
-        if self.comparison.violations and session.exitstatus == pytest.ExitCode.OK:
+        if self.comparison.failed and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED  # what pytest returns from main()
 
     def _write_outputs(self, session: pytest.Session) -> None:
@@ -222,10 +222,18 @@ class CnnBenchSession:
         if not comparison.rules:
             return
         rules = ", ".join(rule.text for rule in comparison.rules)
+        for line in comparison.rule_lines():
+            tr.write_line(f"cnnbench: {line}")
         if comparison.violations:
             cells = len({id(v.row) for v in comparison.violations})
             tr.write_sep("-", f"cnnbench: {cells} cell(s) regressed past --cnn-compare-fail={rules}", red=True, bold=True)
             for violation in comparison.violations:
                 tr.write_line(f"REGRESSION {violation.message}", red=True)
-        else:
+        failures = comparison.gate_failures()
+        if failures:
+            tr.write_sep("-", f"cnnbench: --cnn-compare-fail={rules} fails: it could not check what it was asked to",
+                         red=True, bold=True)
+            for failure in failures:
+                tr.write_line(f"UNCHECKED {failure}", red=True)
+        if not comparison.failed:
             tr.write_line(f"cnnbench: every matching cell is within --cnn-compare-fail={rules}", green=True)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from . import results as R
 from . import table
-from .cache import atomic_write_text
+from .cache import write_output
 
 MERGED = "merged"  # environment key of a merged result file: one entry per source
 CODE = "\x00"  # marks code spans in environment lines: backticks in Markdown, nothing in plain text
@@ -193,11 +193,11 @@ def csv_text(results: Sequence[dict[str, Any]], comparison: Any = None) -> str:
 
 
 def write_markdown(path: Path, results: Sequence[dict[str, Any]], environment: dict[str, Any], comparison: Any = None) -> None:
-    atomic_write_text(path, markdown(results, environment, comparison))
+    write_output(path, markdown(results, environment, comparison).encode("utf-8"))
 
 
 def write_csv(path: Path, results: Sequence[dict[str, Any]], environment: dict[str, Any], comparison: Any = None) -> None:
-    atomic_write_text(path, csv_text(results, comparison))
+    write_output(path, csv_text(results, comparison).encode("utf-8"))
 
 
 def write_json(path: Path, results: Sequence[dict[str, Any]], environment: dict[str, Any], comparison: Any = None) -> None:

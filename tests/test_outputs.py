@@ -28,6 +28,9 @@ def pytest_process(project: pytest.Pytester, *args: str, file_size_limit: int | 
                    **popen: object) -> subprocess.Popen:
     """A user's pytest in the project folder (pipes for its output: RLIMIT_FSIZE bites regular files only)."""
     def limit() -> None:
+        # A run started in the background by a non-interactive shell inherits SIGINT ignored; Python installs
+        # its KeyboardInterrupt handler only over the default, so restore that, as an interactive shell has it.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         if file_size_limit is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 

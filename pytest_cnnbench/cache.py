@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -73,10 +75,68 @@ def atomic_path(target: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _fsync(tmp_path)  # the bytes reach the disk before the name points at them
         os.replace(tmp_path, target)
+        _fsync(target.parent)  # and the rename itself survives a power cut
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # a folder on a file system that cannot fsync one
+        if not path.is_dir():
+            raise
+    finally:
+        os.close(fd)
+
+
+def is_special_file(path: Path) -> bool:
+    """A path that must be written in place, never replaced by a rename: a device, a FIFO or a socket
+    (``/dev/full``), or a name under /dev or /proc (``/dev/stdout``, a link to the process's own stdout)."""
+    path = Path(path)
+    if any(str(p).startswith(("/dev/", "/proc/")) for p in (path.absolute(), Path(os.path.realpath(path)))):
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode) and not stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:  # missing (a new file) or unreadable: an ordinary path
+        return False
+
+
+def _own_stream(path: Path) -> Optional[int]:
+    """The descriptor ``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N`` or ``/proc/self/fd/N`` names, else None.
+    Opening those anew would truncate a redirected file under the output already written to it."""
+    text = str(path)
+    named = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+    if text in named:
+        return named[text]
+    for prefix in ("/dev/fd/", "/proc/self/fd/"):
+        if text.startswith(prefix) and text[len(prefix):].isascii() and text[len(prefix):].isdigit():
+            return int(text[len(prefix):])
+    return None
+
+
+def write_output(target: Path, data: BytesLike) -> None:
+    """A result file or report: special files written once, in place; anything else atomically, through
+    the link when ``target`` is a symlink (the link stays a link)."""
+    target = Path(target)
+    fd = _own_stream(target)
+    if fd is not None:  # the process's own stdout/stderr: through its descriptor, at its offset, no truncation
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        view = memoryview(bytes(data))
+        while view:
+            view = view[os.write(fd, view):]
+        return
+    if is_special_file(target):
+        with open(target, "wb") as fh:
+            fh.write(bytes(data))
+        return
+    atomic_write_bytes(Path(os.path.realpath(target)) if target.is_symlink() else target, data)
 
 
 def atomic_write_bytes(target: Path, data: BytesLike) -> None:

@@ -5,12 +5,18 @@ Pure functions over result dicts (no pytest), shared by the plugin and the repor
 Cells match on (model, backend, device, precision, batch size). Changes are relative
 (in %) for latency and throughput and absolute (in percentage points) for accuracy.
 A rule ``METRIC:THRESHOLD`` is broken when the metric moves the wrong way by more than
-the threshold: latency up, throughput down, accuracy down.
+the threshold: latency up, throughput down, accuracy down. ``speedup`` (the paired speedup over
+the eager reference) is broken only when its drop also lies outside both runs' 95% intervals.
+
+A gate that checked nothing does not pass: each rule counts the cells it checked, and the gate
+fails when a rule checked none, when a cell the baseline measured now skips or errors, and when
+an accuracy rule cannot be checked because this run's accuracy means nothing (random weights).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Iterable, Optional
 
 from . import results
@@ -73,6 +79,9 @@ METRICS: dict[str, Metric] = {
         Metric("throughput", "throughput", ("throughput_ips",), "img/s", relative=True, higher_is_worse=False),
         Metric("top1", "top-1", ("top1",), "", relative=False, higher_is_worse=False),
         Metric("top5", "top-5", ("top5",), "", relative=False, higher_is_worse=False),
+        # The paired speedup over the eager reference, timed side by side: it holds to a few percent between
+        # sessions where absolute p50s move 1.5x, so it is the figure a gate can hold on these machines.
+        Metric("speedup", "paired speedup", ("speedup", "value"), "x", relative=True, higher_is_worse=False),
     )
 }
 ACCURACY_METRICS = ("top1", "top5")
@@ -134,6 +143,22 @@ def cell_key(row: dict[str, Any]) -> tuple:
     return results.cell_key(row, source=None, dataset=None, test_name=None)
 
 
+def speedup_interval(row: dict[str, Any]) -> Optional[float]:
+    """The paired speedup's relative 95% half-width (log scale), None where the row has none."""
+    value = (row.get("speedup") or {}).get("ci95_rel") if isinstance(row.get("speedup"), dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
+
+
+def speedup_drop_beyond_intervals(current: dict[str, Any], baseline: dict[str, Any]) -> Optional[bool]:
+    """Whether the speedup fell by more than both runs' intervals combined (in quadrature, on the log
+    scale the intervals are on); None where either interval is missing."""
+    now, before = METRICS["speedup"].value(current), METRICS["speedup"].value(baseline)
+    ci_now, ci_before = speedup_interval(current), speedup_interval(baseline)
+    if now is None or before is None or ci_now is None or ci_before is None or now <= 0 or before <= 0:
+        return None
+    return math.log(before / now) > math.hypot(ci_now, ci_before)
+
+
 @dataclasses.dataclass
 class Violation:
     row: dict[str, Any]
@@ -146,9 +171,10 @@ class Violation:
     def message(self) -> str:
         metric = METRICS[self.rule.metric]
         direction = "slower" if metric.path[0] == "latency_ms" else ("lower" if not metric.higher_is_worse else "higher")
+        beyond = " and beyond both runs' 95% intervals" if self.rule.metric == "speedup" else ""
         return (f"{cell_label(self.row)}: {metric.title} {metric.format_value(self.current)} vs "
                 f"{metric.format_value(self.baseline)} in the baseline ({metric.format_change(self.change)}, "
-                f"{direction} than rule {self.rule.text} allows)")
+                f"{direction} than rule {self.rule.text} allows{beyond})")
 
 
 @dataclasses.dataclass
@@ -174,6 +200,34 @@ class Comparison:
     only_baseline: list[dict[str, Any]]
     violations: list[Violation]
     environment_differences: list[str]
+    checked: dict[str, int] = dataclasses.field(default_factory=dict)  # rule's metric -> cells it checked
+    unchecked: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)  # metric -> why -> cells
+    lost: list[tuple[dict[str, Any], dict[str, Any]]] = dataclasses.field(default_factory=list)  # (now, baseline)
+    accuracy_lost: list[tuple[dict[str, Any], str]] = dataclasses.field(default_factory=list)  # (row, why) per rule
+
+    def rule_lines(self) -> list[str]:
+        """Per rule: how many matching cells it checked, and why the others were not."""
+        lines = []
+        for rule in self.rules:
+            why = "; ".join(f"{n} {reason}" for reason, n in self.unchecked.get(rule.metric, {}).items())
+            lines.append(f"rule {rule.text} checked {self.checked.get(rule.metric, 0)} of {self.matched} "
+                         f"matching cell(s)" + (f" (not checked: {why})" if why else ""))
+        return lines
+
+    def gate_failures(self) -> list[str]:
+        """Why the gate fails although no checked cell regressed: it could not check what it was asked to."""
+        if not self.rules:
+            return []
+        out = [f"rule {rule.text} checked no cell: nothing it could compare (no matching cells, or no {rule.metric} "
+               "figures in them)" for rule in self.rules if not self.checked.get(rule.metric)]
+        out += [f"{cell_label(now)}: measured in the baseline, {now.get('status') or 'not measured'} now"
+                + (f" ({now['reason']})" if now.get("reason") else "") for now, _ in self.lost]
+        out += [f"{cell_label(row)}: {why}" for row, why in self.accuracy_lost]
+        return out
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.violations or self.gate_failures())
 
     @property
     def matched(self) -> int:
@@ -206,6 +260,13 @@ def _measured(row: dict[str, Any]) -> bool:
     return any(METRICS[name].value(row) is not None for name in METRICS)
 
 
+def _accuracy_meaningless(row: dict[str, Any]) -> str:
+    """Why this run's accuracy cannot be checked: its weights or labels make it meaningless."""
+    if row.get("weights") == "random":
+        return "random weights" + (f" ({row['weights_note']})" if row.get("weights_note") else "")
+    return "its accuracy is not valid here (unlabelled data or random weights)"
+
+
 def compare(current: Iterable[dict[str, Any]], baseline: Iterable[dict[str, Any]], rules: Iterable[Rule] = (),
             baseline_label: str = "baseline", current_env: Optional[dict[str, Any]] = None,
             baseline_env: Optional[dict[str, Any]] = None) -> Comparison:
@@ -221,6 +282,14 @@ def compare(current: Iterable[dict[str, Any]], baseline: Iterable[dict[str, Any]
     cells: list[Optional[CellChange]] = []
     only_current: list[dict[str, Any]] = []
     violations: list[Violation] = []
+    checked: dict[str, int] = {rule.metric: 0 for rule in rules}
+    unchecked: dict[str, dict[str, int]] = {rule.metric: {} for rule in rules}
+    lost: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    accuracy_lost: list[tuple[dict[str, Any], str]] = []
+
+    def skip(metric: str, why: str) -> None:
+        unchecked[metric][why] = unchecked[metric].get(why, 0) + 1
+
     for row in current:
         candidates = unused.get(cell_key(row), [])
         if not candidates:
@@ -240,17 +309,40 @@ def compare(current: Iterable[dict[str, Any]], baseline: Iterable[dict[str, Any]
                 changes[name] = None
             else:
                 changes[name] = metric.change(metric.value(row), metric.value(base))
+        if _measured(base) and (row.get("status") in ("skipped", "error") or not _measured(row)):
+            lost.append((row, base))
         broken = []
         for rule in rules:
             change = changes.get(rule.metric)
-            if change is not None and METRICS[rule.metric].regressed_by(change) > rule.threshold:
+            if change is None:
+                metric = METRICS[rule.metric]
+                if rule.metric in ACCURACY_METRICS and metric.value(base) is not None and base.get("accuracy_valid") \
+                        is not False and row.get("accuracy_valid") is False and _measured(row):
+                    why = _accuracy_meaningless(row)
+                    accuracy_lost.append((row, f"rule {rule.text} cannot be checked: this run's {rule.metric} "
+                                               f"means nothing ({why}); the baseline's was valid"))
+                    skip(rule.metric, "accuracy not valid in this run")
+                elif rule.metric in ACCURACY_METRICS and not accuracy_comparable:
+                    skip(rule.metric, "accuracy not comparable")
+                else:
+                    skip(rule.metric, f"without a {rule.metric} figure in both runs")
+                continue
+            beyond = speedup_drop_beyond_intervals(row, base) if rule.metric == "speedup" else True
+            if beyond is None:
+                skip(rule.metric, "without a speedup interval in both runs")
+                continue
+            checked[rule.metric] += 1
+            if not beyond:
+                continue  # a drop within both runs' intervals is not told apart from noise
+            if METRICS[rule.metric].regressed_by(change) > rule.threshold:
                 broken.append(rule.metric)
                 metric = METRICS[rule.metric]
                 violations.append(Violation(row, rule, metric.value(row), metric.value(base), change))  # type: ignore[arg-type]
         cells.append(CellChange(base, changes, tuple(broken), note))
     only_baseline = [row for rows in unused.values() for row in rows]
     differences = environment_differences(baseline_env, current_env) if baseline_env and current_env else []
-    return Comparison(baseline_label, rules, current, cells, only_current, only_baseline, violations, differences)
+    return Comparison(baseline_label, rules, current, cells, only_current, only_baseline, violations, differences,
+                      checked, unchecked, lost, accuracy_lost)
 
 
 def _gpu(env: dict[str, Any]) -> Optional[str]:

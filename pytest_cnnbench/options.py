@@ -7,6 +7,7 @@ value is a ``pytest.UsageError`` that names it and the valid choices.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -48,7 +49,7 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
     "cnn-compare": ("compare with this result file of an earlier run (from --cnn-json): adds change columns", None),
     "cnn-compare-fail": ("with --cnn-compare, fail the session when a cell regresses past a rule: comma list of "
                          "METRIC:THRESHOLD, e.g. p50:10%,throughput:5%,top1:0.5 (latency/throughput in %, "
-                         "top1/top5 in percentage points)", None),
+                         "top1/top5 in percentage points; speedup:5% on the paired speedup); a rule that checked no cell fails", None),
     "cnn-selfcheck": ("run only the harness's self-checks (overhead, parity with hand tuning, repeatability)", None),
     "cnn-require-accuracy": ("fail cells whose accuracy cannot be asserted (random weights, unlabelled data) "
                              "instead of passing them with a note", None),
@@ -102,12 +103,12 @@ FLAGS.add("cnn-mlperf-official")
 
 
 def _mlperf(config: pytest.Config) -> Any:
-    from .mlperf.settings import ScenarioError, ScenarioOptions, parse_positive, parse_scenarios
+    from .mlperf.settings import ScenarioError, ScenarioOptions, parse_positive, parse_scenarios, parse_server_qps
 
     try:
         return ScenarioOptions(
             scenarios=parse_scenarios(_raw(config, "cnn-scenario")),
-            server_qps=parse_positive(_raw(config, "cnn-server-qps"), "cnn-server-qps"),
+            server_qps=parse_server_qps(_raw(config, "cnn-server-qps"), bool(_raw(config, "cnn-mlperf-official"))),
             server_latency_ms=parse_positive(_raw(config, "cnn-server-latency-ms"), "cnn-server-latency-ms"),
             seconds=parse_positive(_raw(config, "cnn-scenario-seconds"), "cnn-scenario-seconds") or 3.0,
             timeout_s=parse_positive(_raw(config, "cnn-scenario-timeout"), "cnn-scenario-timeout"),
@@ -181,35 +182,79 @@ def _model_names(value: str) -> Optional[tuple[str, ...]]:
     return tuple(dict.fromkeys(names))
 
 
+class BadValue(ValueError):
+    """A value a setting does not accept; the message says why without naming the option, so the one
+    validator serves the command line, the ini file and the cnnbench marker (each adds its own name)."""
+
+
+def positive_integer(value: Any) -> int:
+    """A count from the command line, an ini file or a marker: ASCII digits (``str.isdigit`` also takes
+    '²', which ``int()`` rejects) or an int, above zero."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        text = str(value).strip()
+        if not (text.isascii() and text.isdigit()):
+            raise BadValue(f"{value!r} is not a positive integer")
+        number = int(text)
+    if number <= 0:
+        raise BadValue(f"{value!r} is not a positive integer")
+    return number
+
+
+def positive_integers(value: Any) -> tuple[int, ...]:
+    """``"1,8,32"`` (or a marker's list) -> distinct positive integers, in order."""
+    items = [value] if isinstance(value, (str, int)) else list(value)
+    texts = [part for item in items for part in (str(item).split(",") if isinstance(item, str) else [item])]
+    return tuple(dict.fromkeys(positive_integer(item) for item in texts))
+
+
+def _usage(option: str, check: Any, *args: Any) -> Any:
+    try:
+        return check(*args)
+    except BadValue as exc:
+        raise pytest.UsageError(f"--{option}: {exc}") from None
+
+
 def _positive_ints(value: str, option: str) -> tuple[int, ...]:
-    out = []
-    for item in str(value).split(","):
-        item = item.strip()
-        try:
-            number = int(item)
-        except ValueError:
-            number = 0
-        if number <= 0:
-            raise pytest.UsageError(f"--{option}: {item!r} is not a positive integer (give e.g. 1,8,32)")
-        out.append(number)
-    return tuple(dict.fromkeys(out))
+    try:
+        return positive_integers(value)
+    except BadValue as exc:
+        raise pytest.UsageError(f"--{option}: {exc} (give e.g. 1,8,32)") from None
 
 
 def _count(value: Any, option: str) -> int:
+    try:
+        return positive_integer(value)
+    except BadValue as exc:
+        raise pytest.UsageError(f"--{option}: {exc} (give e.g. 64)") from None
+
+
+def finite_number(value: Any, allow_zero: bool = False) -> float:
+    """A positive finite float (nan and inf would fail every cell at run time)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+        raise BadValue(f"{value!r} is not a {'non-negative' if allow_zero else 'positive'} finite number")
+    return number
+
+
+def non_negative_integer(value: Any) -> int:
+    """A count that may be zero (``--cnn-warmup=0``)."""
     text = str(value).strip()
-    if not text.isdigit() or int(text) <= 0:
-        raise pytest.UsageError(f"--{option}: {text!r} is not a positive integer (give e.g. 64)")
-    return int(text)
+    if text == "0" or value == 0:
+        return 0
+    return positive_integer(value)
 
 
 def _positive_number(value: Any, option: str, kind: type = float) -> Any:
     try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        number = -1
-    if number < 0 or (kind is float and number == 0):
-        raise pytest.UsageError(f"--{option}: {value!r} is not a valid {'positive number' if kind is float else 'count'}")
-    return number
+        return finite_number(value) if kind is float else non_negative_integer(value)
+    except BadValue:
+        raise pytest.UsageError(f"--{option}: {value!r} is not a valid "
+                                f"{'positive finite number' if kind is float else 'count'}") from None
 
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -230,8 +275,12 @@ def _calibration_split(value: Any) -> Optional[str]:
     text = str(value if value is not None else "auto").strip().lower()
     if text == "off":
         return None
-    if text == "auto" or (text.isdigit() and int(text) > 0):
+    if text == "auto":
         return text
+    try:
+        return str(positive_integer(text))
+    except BadValue:
+        pass
     raise pytest.UsageError(f"--cnn-calibration-split: {text!r} is not auto, off or a positive integer (e.g. 64)")
 INDUCTOR_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 
@@ -243,20 +292,26 @@ def _choice(value: Any, option: str, valid: tuple[str, ...]) -> str:
     return text
 
 
-def _threads(value: Any) -> tuple[Optional[int], tuple[int, ...]]:
-    """(one count, or None for 'auto'; the counts of a sweep, () unless two or more are given)."""
+def threads(value: Any) -> tuple[Optional[int], tuple[int, ...]]:
+    """A ``--cnn-threads`` value: (one count, or None for 'auto'; the counts of a sweep, () unless two or
+    more are given). Each count goes through the count validator."""
     text = str(value).strip()
     if text == "auto":
         return None, ()
     counts = []
     for item in text.split(","):
         item = item.strip()
-        if not item.isdigit() or int(item) <= 0:
-            raise pytest.UsageError(f"--cnn-threads: {item!r} is neither 'auto' nor a positive number of threads "
-                                    "(give auto, 2, or a comma list such as 1,2,4)")
-        counts.append(int(item))
+        try:
+            counts.append(positive_integer(item))
+        except BadValue:
+            raise BadValue(f"{item!r} is neither 'auto' nor a positive number of threads "
+                           "(give auto, 2, or a comma list such as 1,2,4)") from None
     counts = list(dict.fromkeys(counts))
     return (counts[0], ()) if len(counts) == 1 else (None, tuple(counts))
+
+
+def _threads(value: Any) -> tuple[Optional[int], tuple[int, ...]]:
+    return _usage("cnn-threads", threads, value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,6 +452,32 @@ def _data_root(config: pytest.Config) -> Optional[Path]:
     return data_root
 
 
+def cache_dir(path: Path) -> Path:
+    """The cache folder: a writable folder, or one that can be created (its nearest existing parent is)."""
+    if path.exists() and not path.is_dir():
+        raise BadValue(f"{path} exists and is not a folder")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BadValue(f"{path} cannot be created: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BadValue(f"{path} is not writable" if existing == path else f"{path} cannot be created in {existing}")
+    return path
+
+
+def _cache_dir(config: pytest.Config) -> Path:
+    raw = _raw(config, "cnn-cache-dir")
+    return _usage("cnn-cache-dir", cache_dir, Path(raw).expanduser() if raw else default_cache_dir())
+
+
+def _rounds(min_rounds: Optional[int], max_rounds: Optional[int]) -> None:
+    """Counts win over --cnn-max-time (docs/options.md): so a floor above the ceiling is a contradiction."""
+    if min_rounds is not None and max_rounds is not None and min_rounds > max_rounds:
+        raise pytest.UsageError(f"--cnn-min-rounds={min_rounds} is above --cnn-max-rounds={max_rounds}; "
+                                "lower the first or raise the second")
+
+
 def _json_path(config: pytest.Config) -> Optional[Path]:
     raw = _raw(config, "cnn-json")
     json_path = Path(raw).expanduser() if raw else None
@@ -435,7 +516,6 @@ def parse_settings(config: pytest.Config) -> Settings:
     problems = _Problems()
     check = problems.check
     data_root = check(_data_root, config)
-    cache_raw = _raw(config, "cnn-cache-dir")
     json_path = check(_json_path, config)
     device = check(_choice, _raw(config, "cnn-device"), "cnn-device", DEVICES, default="auto")
     dataset = check(_dataset, config)
@@ -458,7 +538,7 @@ def parse_settings(config: pytest.Config) -> Settings:
         batch_sizes=check(_positive_ints, _raw(config, "cnn-batch-size"), "cnn-batch-size", default=()),
         weights=weights,
         data_root=data_root,
-        cache_dir=Path(cache_raw).expanduser() if cache_raw else default_cache_dir(),
+        cache_dir=check(_cache_dir, config, default=Path(".")),
         json_path=json_path,
         warmup=check(_positive_number, _raw(config, "cnn-warmup"), "cnn-warmup", int, default=0),
         min_rounds=max(1, check(_positive_number, _raw(config, "cnn-min-rounds"), "cnn-min-rounds", int, default=1)),
@@ -489,5 +569,7 @@ def parse_settings(config: pytest.Config) -> Settings:
         accuracy_budget=check(_positive_number, _raw(config, "cnn-accuracy-budget"), "cnn-accuracy-budget", float,
                               default=1.0),
     )
+    check(_rounds, settings["min_rounds"] if _raw(config, "cnn-min-rounds") else None,
+          settings["max_rounds"] if _raw(config, "cnn-max-rounds") else None)
     problems.raise_any()
     return Settings(**settings)

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import pytest
 
-from . import progress, registry
+from . import options, progress, registry
 from .core import CellSpec, cnnbench_marker
 from .datasets.errors import DatasetError
 from .models import zoo
@@ -201,7 +201,12 @@ def cells_for(settings: Settings, marker: dict[str, Any], model_fixture: Optiona
     for name in _as_tuple(marker.get("backends")):
         registry.backends.get(name)
     backends = [b for b in settings.backends if not marker.get("backends") or b in _as_tuple(marker["backends"])]
-    batch_sizes = _as_tuple(marker.get("batch_sizes")) or settings.batch_sizes
+    batch_sizes = settings.batch_sizes
+    if marker.get("batch_sizes") is not None:  # the --cnn-batch-size validator, so 0, -1, 2.5 or '²' fail here too
+        try:
+            batch_sizes = options.positive_integers(_as_tuple(marker["batch_sizes"])) or settings.batch_sizes
+        except options.BadValue as exc:
+            raise registry.UnknownNameError(f"batch_sizes: {exc}") from None
     threads = settings.thread_sweep or (None,)  # a sweep: one row per count, the count in its id and key
     if model_fixture is not None:
         dataset = settings.dataset or marker.get("dataset") or ""  # none: the cell says so when it runs

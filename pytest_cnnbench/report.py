@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from . import results as R
 from . import table
-from .cache import atomic_write_text
+from .cache import write_output
 
 MERGED = "merged"  # environment key of a merged result file: one entry per source
 CODE = "\x00"  # marks code spans in environment lines: backticks in Markdown, nothing in plain text
@@ -105,10 +105,14 @@ def markdown(results: Sequence[dict[str, Any]], environment: dict[str, Any], com
         out += [f"- {_md(note)}" for note in comparison.notes()]
         if comparison.rules:
             rules = ", ".join(rule.text for rule in comparison.rules)
+            out += [f"- {_md(line)}" for line in comparison.rule_lines()]
             if comparison.violations:
                 out += ["", f"**{len(comparison.violations)} regression(s) past the fail rules ({rules}):**", ""]
                 out += [f"- {_md(v.message)}" for v in comparison.violations]
-            else:
+            if comparison.gate_failures():
+                out += ["", f"**the fail rules ({rules}) could not check what they were asked to:**", ""]
+                out += [f"- {_md(line)}" for line in comparison.gate_failures()]
+            if not comparison.failed:
                 out += [f"- every matching cell is within the fail rules ({_md(rules)})"]
     return "\n".join(out) + "\n"
 
@@ -191,11 +195,11 @@ def csv_text(results: Sequence[dict[str, Any]], comparison: Any = None) -> str:
 
 
 def write_markdown(path: Path, results: Sequence[dict[str, Any]], environment: dict[str, Any], comparison: Any = None) -> None:
-    atomic_write_text(path, markdown(results, environment, comparison))
+    write_output(path, markdown(results, environment, comparison).encode("utf-8"))
 
 
 def write_csv(path: Path, results: Sequence[dict[str, Any]], environment: dict[str, Any], comparison: Any = None) -> None:
-    atomic_write_text(path, csv_text(results, comparison))
+    write_output(path, csv_text(results, comparison).encode("utf-8"))
 
 
 def write_json(path: Path, results: Sequence[dict[str, Any]], environment: dict[str, Any], comparison: Any = None) -> None:

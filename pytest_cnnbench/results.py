@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-from .cache import atomic_write_text
+from .cache import write_output
 
 # 2: a paired speedup is timed with eager at the row's own thread count (its record has "threads");
 # in 1, eager ran at its own row's count. Both are read; mixing them is marked (``mixed_speedup_rules``).
@@ -214,18 +214,21 @@ def empty_result(cell: dict[str, Any]) -> dict[str, Any]:
 
 
 def _finite(value: Any) -> Any:
-    """JSON has no inf/nan: write them as null."""
+    """JSON has no inf/nan: write them as null. numpy scalars and arrays (a suite's note or result may hold
+    them) become Python numbers and lists; tuples become lists."""
+    if type(value).__module__ == "numpy" and callable(getattr(value, "tolist", None)):
+        value = value.tolist()  # np.float32(1.5) -> 1.5, np.int64 -> int, arrays -> nested lists
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
 
 
 def document(results: Iterable[dict[str, Any]], environment: dict[str, Any]) -> dict[str, Any]:
-    return {"format_version": FORMAT_VERSION, "environment": environment, "results": [_finite(r) for r in results]}
+    return {"format_version": FORMAT_VERSION, "environment": _finite(environment), "results": [_finite(r) for r in results]}
 
 
 def write_json(path: Path, results: Iterable[dict[str, Any]], environment: dict[str, Any]) -> None:
@@ -233,7 +236,7 @@ def write_json(path: Path, results: Iterable[dict[str, Any]], environment: dict[
     doc = document(results, environment)
     for update in document_updaters:
         update(doc)
-    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+    write_output(path, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
 
 
 def load_json(path: Path) -> dict[str, Any]:

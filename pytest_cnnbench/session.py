@@ -7,6 +7,7 @@ measured), so they reach the controlling process under pytest-xdist as well.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -46,6 +47,13 @@ class CnnBenchSession:
         self.load_at_start: Optional[dict[str, Any]] = None  # machine.Load.as_dict(), sampled before the first cell
         self.written: list[Path] = []  # reports and charts written at the end
         self.output_errors: list[str] = []
+        self.partial_json: Optional[Path] = None  # where an interrupted run's cells went instead of the baseline
+        # --cnn-json is rewritten after every cell (a crash keeps what finished), except where that would do
+        # harm: a special file (a FIFO with no reader blocks; /dev/stdout would print the table n times) and
+        # the baseline this run compares with (an interrupted run must leave it intact). Those: once, at the end.
+        json_path = settings.json_path
+        self.json_is_baseline = json_path is not None and _same_file(json_path, settings.compare_path)
+        self.json_at_end = json_path is not None and (self.json_is_baseline or _special(json_path))
 
     # -- collecting -----------------------------------------------------------------
     @pytest.hookimpl(trylast=True)
@@ -62,8 +70,8 @@ class CnnBenchSession:
         self._update_status(row, report)
         if report.when == "teardown" and not self.is_worker:
             self.config.hook.pytest_cnnbench_result(config=self.config, result=row)
-            if self.settings.json_path is not None:
-                self.write_json(self.settings.json_path)  # after every cell: a crash keeps what finished
+            if self.settings.json_path is not None and not self.json_at_end:
+                self._output(self.settings.json_path, self.write_json)  # after every cell: a crash keeps what finished
 
     @staticmethod
     def _update_status(row: dict[str, Any], report: pytest.TestReport) -> None:
@@ -129,6 +137,18 @@ class CnnBenchSession:
     def write_json(self, path: Path) -> None:
         R.write_json(path, self.results, self.environment())
 
+    def _output(self, path: Path, write: Any) -> bool:
+        """Write one output; a failure (a full disk, a value JSON cannot hold) is one error line at the end,
+        and the run and the other outputs go on."""
+        try:
+            write(path)
+            return True
+        except Exception as exc:
+            message = f"{path}: {type(exc).__name__}: {exc}"
+            if not any(error.startswith(f"{path}: ") for error in self.output_errors):
+                self.output_errors.append(message)
+            return False
+
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.is_worker:
             return
@@ -136,12 +156,24 @@ class CnnBenchSession:
             if row["status"] is None:  # set up, never reported back: the run stopped inside it
                 row["status"], row["reason"] = "error", "did not finish (run interrupted)"
         self._environment = None  # refresh with every device seen
-        if self.settings.json_path is not None and (self.rows or not self.settings.json_path.exists()):
-            self.write_json(self.settings.json_path)
+        json_path = self.settings.json_path
+        if json_path is not None and (self.rows or not json_path.exists()):
+            interrupted = session.exitstatus == pytest.ExitCode.INTERRUPTED or any(
+                row.get("reason") == "did not finish (run interrupted)" for row in self.rows.values())
+            if self.json_is_baseline and interrupted:  # keep the baseline; this run's cells go beside it
+                self.partial_json = json_path.with_name(f"{json_path.stem}.partial{json_path.suffix}")
+                self._output(self.partial_json, self.write_json)
+            else:
+                self._output(json_path, self.write_json)
         if self.baseline is not None and self.rows:
-            self._compare(session)
+            try:
+                self._compare(session)
+            except Exception as exc:  # a baseline this code cannot compare must not hide the table
+                self.output_errors.append(f"--cnn-compare {self.settings.compare_path}: {type(exc).__name__}: {exc}")
         if self.rows or any(not path.exists() for path in self.settings.reports):
             self._write_outputs(session)
+        elif self.output_errors and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
 
     def _compare(self, session: pytest.Session) -> None:
         from . import compare
@@ -151,7 +183,7 @@ class CnnBenchSession:
             baseline_label=str(self.settings.compare_path), current_env=self.environment(),
             baseline_env=self.baseline.get("environment"),  # type: ignore[union-attr]
         )
-        if self.comparison.violations and session.exitstatus == pytest.ExitCode.OK:
+        if self.comparison.failed and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED  # what pytest returns from main()
 
     def _write_outputs(self, session: pytest.Session) -> None:
@@ -168,11 +200,8 @@ class CnnBenchSession:
             outputs.append((self.settings.plot_path,
                             lambda p: plot(self.results, p, title=report.plot_title(self.environment()))))
         for path, write in outputs:
-            try:
-                write(path)
+            if self._output(path, write):  # a report that cannot be written must not hide the results
                 self.written.append(path)
-            except Exception as exc:  # a report that cannot be written must not hide the results
-                self.output_errors.append(f"{path}: {type(exc).__name__}: {exc}")
         if self.output_errors and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
 
@@ -189,7 +218,11 @@ class CnnBenchSession:
         scenario_table = format_scenario_table(self.results)
         if scenario_table:
             tr.write_line(scenario_table)
-        if self.settings.json_path is not None:
+        json_failed = any(e.startswith(f"{self.settings.json_path}: ") for e in self.output_errors)
+        if self.partial_json is not None and not any(e.startswith(f"{self.partial_json}: ") for e in self.output_errors):
+            tr.write_line(f"cnnbench: run interrupted: {self.settings.json_path} (the --cnn-compare baseline) is left "
+                          f"as it was; this run's cells are in {self.partial_json}", yellow=True)
+        elif self.settings.json_path is not None and not json_failed:
             tr.write_line(f"cnnbench: results written to {self.settings.json_path}")
         if self.written:
             tr.write_line("cnnbench: written " + ", ".join(map(str, self.written)))
@@ -222,10 +255,33 @@ class CnnBenchSession:
         if not comparison.rules:
             return
         rules = ", ".join(rule.text for rule in comparison.rules)
+        for line in comparison.rule_lines():
+            tr.write_line(f"cnnbench: {line}")
         if comparison.violations:
             cells = len({id(v.row) for v in comparison.violations})
             tr.write_sep("-", f"cnnbench: {cells} cell(s) regressed past --cnn-compare-fail={rules}", red=True, bold=True)
             for violation in comparison.violations:
                 tr.write_line(f"REGRESSION {violation.message}", red=True)
-        else:
+        failures = comparison.gate_failures()
+        if failures:
+            tr.write_sep("-", f"cnnbench: --cnn-compare-fail={rules} fails: it could not check what it was asked to",
+                         red=True, bold=True)
+            for failure in failures:
+                tr.write_line(f"UNCHECKED {failure}", red=True)
+        if not comparison.failed:
             tr.write_line(f"cnnbench: every matching cell is within --cnn-compare-fail={rules}", green=True)
+
+
+def _same_file(path: Path, other: Optional[Path]) -> bool:
+    if other is None:
+        return False
+    try:
+        return os.path.samefile(path, other)
+    except OSError:
+        return os.path.realpath(path) == os.path.realpath(other)
+
+
+def _special(path: Path) -> bool:
+    from .cache import is_special_file
+
+    return is_special_file(path)

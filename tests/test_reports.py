@@ -458,7 +458,7 @@ def test_compare_passes_then_fails_the_session_naming_the_cell(project):
 
 @pytest.mark.parametrize("args, expected", [
     (["--cnn-compare=base.json", "--cnn-compare-fail=p51:10%"],
-     "--cnn-compare-fail: rule 'p51:10%': unknown metric 'p51'; valid metrics: p50, p90, p99, mean, throughput, top1, top5"),
+     "--cnn-compare-fail: rule 'p51:10%': unknown metric 'p51'; valid metrics: p50, p90, p99, mean, throughput, top1, top5, speedup"),
     (["--cnn-compare-fail=p50:10%"], "--cnn-compare-fail needs --cnn-compare"),
     (["--cnn-compare=missing.json"], "--cnn-compare: result file missing.json does not exist"),
     (["--cnn-compare=v9.json"], "--cnn-compare: v9.json: result format version 9 (written by a newer pytest-cnnbench) is not supported"),

@@ -77,6 +77,25 @@ def parse_positive(value: Any, option: str) -> Optional[float]:
     return number
 
 
+# The longest a server run's schedule may take: its queries arrive at --cnn-server-qps and the run holds the
+# machine-wide timing lock meanwhile, so a tiny rate would hold it for days (its timeout is 3x as long).
+MAX_SERVER_SCHEDULE_S = 3600.0
+
+
+def parse_server_qps(value: Any, official: bool = False) -> Optional[float]:
+    """--cnn-server-qps: a positive rate at which the queries a server run needs arrive within an hour."""
+    qps = parse_positive(value, "cnn-server-qps")
+    if qps is None:
+        return None
+    queries = LOADGEN_DEFAULT_MIN_QUERIES if official else SERVER_MIN_QUERIES
+    seconds = max(queries / qps, OFFICIAL_MIN_DURATION_MS / 1000.0 if official else 0.0)
+    if queries / qps > MAX_SERVER_SCHEDULE_S:
+        lowest = math.ceil(1000 * queries / MAX_SERVER_SCHEDULE_S) / 1000
+        raise ScenarioError(f"--cnn-server-qps: {value!r} q/s would take {seconds:.0f} s to issue the {queries} queries "
+                            f"a server run needs (at most {MAX_SERVER_SCHEDULE_S:.0f} s); give at least {lowest:g}")
+    return qps
+
+
 def latency_bound_ms(options: ScenarioOptions, model: str) -> Optional[float]:
     """The server scenario's p99 bound: the option, or mlperf.conf's for the model, or None (skip)."""
     if options.server_latency_ms is not None:

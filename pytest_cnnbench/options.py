@@ -69,6 +69,8 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
     "cnn-progress": ("progress of the long phases (training, export, calibration, accuracy, timing): auto (a live "
                      "line on a terminal, plain lines otherwise, none under -q or on xdist workers), live, plain or off",
                      "auto"),
+    "cnn-lock-timeout": ("give up waiting for the machine lock (another run's timing or build) after this many "
+                         "seconds: the waiting cell fails, naming the process that holds the lock", "900"),
 }
 FLAGS = {"cnn-no-download", "cnn-profile", "cnn-selfcheck", "cnn-require-accuracy", "cnn-strict", "cnn-reprobe",
          "cnn-skip-bad-images"}
@@ -260,6 +262,7 @@ class Settings:
     reprobe: bool = False  # ignore remembered thread counts and TorchScript variants
     skip_bad_images: bool = False  # leave out missing/undecodable images (counted, warned) instead of failing
     mlperf: Any = None  # mlperf.settings.ScenarioOptions: LoadGen scenarios (--cnn-scenario...)
+    lock_timeout: float = 900.0  # seconds a cell waits for the machine lock before it fails
 
 
 def _check_writable(path: Path, option: str) -> None:
@@ -441,6 +444,8 @@ def parse_settings(config: pytest.Config) -> Settings:
         reprobe=bool(_raw(config, "cnn-reprobe")),
         skip_bad_images=bool(_raw(config, "cnn-skip-bad-images")),
         mlperf=check(_mlperf, config),  # MLPerf LoadGen scenarios
+        lock_timeout=check(_positive_number, _raw(config, "cnn-lock-timeout"), "cnn-lock-timeout", float,
+                           default=900.0),
     )
     problems.raise_any()
     return Settings(**settings)

@@ -28,8 +28,9 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Iterator
 
 try:
     import fcntl
@@ -39,7 +40,6 @@ except ImportError:  # pragma: no cover - not POSIX: one process at a time is al
 DEFAULT_WAIT_LIMIT_S = 900.0
 wait_limit_s = DEFAULT_WAIT_LIMIT_S  # set from --cnn-lock-timeout by the plugin
 SAY_WAITING_AFTER_S = 2.0  # a wait shorter than this is ordinary and shown nowhere
-notify: Optional[Callable[[str], None]] = None  # told once when this process falls back to a per-user file
 
 _held = threading.local()  # per thread: the mode held, so nested sections do not lock against themselves
 _open_fds: set[int] = set()  # every lock descriptor open in this process: a forked child closes them
@@ -48,6 +48,10 @@ _fallbacks_said: set[str] = set()
 
 class LockTimeout(RuntimeError):
     """The machine lock was not acquired within the wait limit; the message names the holder."""
+
+
+class LockWarning(UserWarning):
+    """The machine-wide lock file could not be used: a per-user one is locked instead."""
 
 
 class _Unusable(OSError):
@@ -177,7 +181,7 @@ class MachineLock:
             _fallbacks_said.add(self.device)
             message = (f"cnnbench: the machine-wide lock cannot be used ({why}); locking {path} instead: "
                        f"timed sections are kept apart from this user's other runs only, not from other users'")
-            (notify or (lambda text: print(text, file=sys.stderr)))(message)
+            warnings.warn(LockWarning(message), stacklevel=4)
         gate = _open_checked(self._per_user(self.gate), False)
         try:
             return gate, _open_checked(path, False), path
@@ -257,8 +261,8 @@ def gpu_key(index: int) -> str:
         return "cuda-" + "".join(c if c.isalnum() or c == "-" else "_" for c in nvml_uuid(uuid))
     if "gpu-index" not in _fallbacks_said:
         _fallbacks_said.add("gpu-index")
-        print(f"cnnbench: the UUID of CUDA device {index} is unknown: its lock is named by index, so sessions "
-              f"with different CUDA_VISIBLE_DEVICES may time one GPU at once", file=sys.stderr)
+        warnings.warn(LockWarning(f"cnnbench: the UUID of CUDA device {index} is unknown: its lock is named by "
+                                  f"index, so sessions with different CUDA_VISIBLE_DEVICES may time one GPU at once"))
     return f"cuda{index}"
 
 

@@ -99,10 +99,16 @@ class ArtifactCache:
     def _sidecar(self, path: Path) -> Path:
         return path.with_name(path.name + ".sha256")
 
+    def _checksum(self, path: Path) -> str:
+        """The checksum its sidecar records; "" when that is not one (not text, not hex: a damaged
+        sidecar, which makes the entry corrupt: discarded and rebuilt). FileNotFoundError if none."""
+        text = self._sidecar(path).read_bytes().decode("ascii", "replace").strip()
+        return text if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else ""
+
     def content_id(self, path: Path) -> str:
         """A published entry's identity: its kind, its key and its bytes' checksum (16 hex digits)."""
         try:
-            digest = self._sidecar(path).read_text().strip()[:16]
+            digest = self._checksum(path)[:16] or sha256_file(path)[:16]
         except FileNotFoundError:
             digest = sha256_file(path)[:16]
         return f"{path.parent.name}/{path.stem} sha256:{digest}"
@@ -141,9 +147,8 @@ class ArtifactCache:
 
     # -- reading ---------------------------------------------------------------------------
     def _intact(self, path: Path) -> bool:
-        sidecar = self._sidecar(path)
         try:
-            expected = sidecar.read_text().strip()
+            expected = self._checksum(path)
             return bool(expected) and sha256_file(path) == expected
         except FileNotFoundError:
             return False

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -37,6 +38,36 @@ def default_cache_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "pytest-cnnbench"
+
+
+def unsafe_cache_reason(root: Path) -> Optional[str]:
+    """Why ``root`` must not be used as the cache, or None. The cache holds TorchScript archives,
+    inductor's compiled code and TensorRT engines, which run code when loaded: like ssh with its
+    keys, a folder that another user owns or can write to (or one above it, without the sticky
+    bit) is refused. A folder that does not exist yet is fine: it is created 0700."""
+    try:
+        path = Path(root).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:
+        return f"cannot resolve it ({exc})"
+    me = os.geteuid() if hasattr(os, "geteuid") else None
+    if me is None:  # pragma: no cover - not POSIX: no owners or modes to check
+        return None
+    for folder in (path, *path.parents):
+        try:
+            info = os.stat(folder)
+        except FileNotFoundError:
+            continue  # created later, by this user
+        except OSError as exc:
+            return f"cannot inspect {folder} ({exc.strerror})"
+        what = "it" if folder == path else f"the folder above it, {folder},"
+        if info.st_uid not in (me, 0):
+            return f"{what} belongs to user id {info.st_uid}, not to this user (id {me}) or root"
+        writable = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if writable and (folder == path or not info.st_mode & stat.S_ISVTX):
+            who = "group and others" if writable == (stat.S_IWGRP | stat.S_IWOTH) else (
+                "its group" if writable == stat.S_IWGRP else "others")
+            return f"{what} is writable by {who} (mode {stat.S_IMODE(info.st_mode):o})"
+    return None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -92,6 +123,10 @@ class ArtifactCache:
     def __init__(self, root: Path, log: Optional[Callable[[str], None]] = None) -> None:
         self.root = Path(root)
         self.log = log  # told when this process waits for another one's build
+        if not self.root.exists():  # private from the start: what it holds can run code when loaded
+            with contextlib.suppress(OSError):  # a read-only place fails later, where it is used
+                self.root.parent.mkdir(parents=True, exist_ok=True)
+                os.mkdir(self.root, 0o700)
 
     def path(self, kind: str, key: str, suffix: str) -> Path:
         return self.root / kind / f"{key}{suffix}"

@@ -392,6 +392,17 @@ def _min_top1(config: pytest.Config, model_names: Optional[tuple[str, ...]]) -> 
         raise pytest.UsageError(f"--cnn-min-top1: {exc}") from None
 
 
+def _safe_cache_dir(path: Path) -> None:
+    from .cache import unsafe_cache_reason
+
+    why = unsafe_cache_reason(path)
+    if why:
+        raise pytest.UsageError(
+            f"--cnn-cache-dir: refusing the cache folder {path}: {why}. What it holds (TorchScript archives, "
+            f"compiled code, TensorRT engines) runs when loaded; make it yours alone (chmod go-w), or give "
+            f"--cnn-cache-dir (or $CNNBENCH_CACHE_DIR) a folder of your own")
+
+
 def parse_settings(config: pytest.Config) -> Settings:
     """The options as Settings; every bad value at once in one ``pytest.UsageError``."""
     problems = _Problems()
@@ -447,5 +458,6 @@ def parse_settings(config: pytest.Config) -> Settings:
         lock_timeout=check(_positive_number, _raw(config, "cnn-lock-timeout"), "cnn-lock-timeout", float,
                            default=900.0),
     )
+    check(_safe_cache_dir, settings["cache_dir"])
     problems.raise_any()
     return Settings(**settings)

@@ -507,6 +507,7 @@ class CellRunner:
         result.set(samples=acc.samples, top1=acc.top1, top5=acc.top5, accuracy_cached=from_disk)
         reference_acc = accuracy_from_logits(reference, labels)
         self.reference_top1 = reference_acc.top1
+        self._warn_if_labels_look_wrong(result, reference, labels)
         result.reference_cached = bench.reference_from_disk(model, content_id, self.device)
         agree: Agreement = agreement(acc.logits, reference)
         result.agreement = agree.as_dict()
@@ -515,6 +516,19 @@ class CellRunner:
         # The accuracy cost of this row (precision, backend) in points against eager fp32 on the same images.
         result.delta_top1_pp = _points(acc.top1, reference_acc.top1)
         result.delta_top5_pp = _points(acc.top5, reference_acc.top5)
+
+    def _warn_if_labels_look_wrong(self, result: R.CellResult, reference: torch.Tensor, labels: torch.Tensor) -> None:
+        """Trained weights near chance on labelled data: a warning and a note naming the likely cause."""
+        from .accuracy import TRAINED_WEIGHTS, near_chance_warning
+
+        if not result.accuracy_valid or result.weights not in TRAINED_WEIGHTS:
+            return
+        text = near_chance_warning(reference.argmax(1), labels, reference.shape[1], result.dataset or "")
+        if text and text not in result.notes:
+            import warnings
+
+            result.notes.append(text)
+            warnings.warn(UserWarning(f"cnnbench: {result.model} on {result.dataset}: {text}"))
 
     def _backend_accuracy(self, prepared: Prepared, module: torch.nn.Module, ctx: PrepareContext,
                           images: torch.Tensor, labels: torch.Tensor, content_id: str) -> tuple[Any, Optional[bool]]:

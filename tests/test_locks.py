@@ -161,3 +161,64 @@ def test_killed_parents_loadgen_child_dies_and_frees_the_lock(lock_dir, tmp_path
     finally:
         if _alive(child):
             os.kill(child, 9)
+
+
+AS_NOBODY = textwrap.dedent("""
+    import os, sys, warnings
+    from pytest_cnnbench import worklock
+    os.setgroups([]); os.setgid(65534); os.setuid(65534)  # imports done: from here on another user
+    worklock.wait_limit_s = 1.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with worklock.MachineLock("cpu").exclusive():
+                print("acquired")
+        except worklock.LockTimeout as exc:
+            print("timeout:", exc)
+    for w in caught:
+        print("warning:", w.message)
+""")
+
+
+@pytest.fixture
+def shared_tmp():
+    """A sticky folder every user can write to, as /tmp is (pytest's own tmp_path is private to root)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="cnnbench-locks-", dir="/tmp"))
+    folder.chmod(0o1777)
+    yield folder
+    shutil.rmtree(folder)
+
+
+def _as_nobody(folder: Path) -> str:
+    run = subprocess.run([sys.executable, "-c", AS_NOBODY], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "CNNBENCH_LOCK_DIR": str(folder)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to act as a second user")
+def test_another_users_lock_file_keeps_the_exclusion_machine_wide(shared_tmp):
+    holder = _start_holder(shared_tmp)  # root holds the lock in files it created
+    try:
+        out = _as_nobody(shared_tmp)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"timeout: gave up after" in out and f"pid {holder.pid}" in out, out  # waited on root's lock
+    assert "warning:" not in out  # the shared files were usable: no fallback
+    assert sorted(p.name for p in shared_tmp.iterdir()) == ["pytest-cnnbench-cpu.gate", "pytest-cnnbench-cpu.lock"]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to act as a second user")
+def test_another_users_unwritable_lock_file_falls_back_to_a_per_user_one_and_says_so(shared_tmp):
+    for name in ("pytest-cnnbench-cpu.gate", "pytest-cnnbench-cpu.lock"):
+        (shared_tmp / name).write_text("")
+        (shared_tmp / name).chmod(0o644)  # root's, not writable by others (an old umask, say)
+    out = _as_nobody(shared_tmp)
+    assert "acquired" in out, out
+    assert out.count("warning:") == 1 and "Permission denied" in out and "not from other users'" in out, out
+    own = shared_tmp / "pytest-cnnbench-cpu.uid65534.lock"
+    assert own.stat().st_uid == 65534 and own.stat().st_mode & 0o777 == 0o600

@@ -112,3 +112,29 @@ def test_tuning_record_of_the_wrong_shape_is_discarded(tmp_path, case):
     assert any("not a tuning record" in str(w.message) for w in caught), [str(w.message) for w in caught]
     record = tuning.load(cache, tuning.record_key("sessions", *parts))
     assert [s["p50"] for s in record["sessions"]] == [2.0]
+
+
+# -- a weights file given with --cnn-weights ----------------------------------------------------
+@pytest.mark.parametrize("content, expected", [
+    (b"not a pickle at all", "not a loadable state dict"),
+    ("tensor-list", "expected a state dict"),
+    ("wrong-keys", "does not fit lenet"),
+])
+def test_bad_lenet_weights_file_is_one_clear_error(tmp_path, content, expected):
+    import torch
+
+    from pytest_cnnbench.core import ModelContext
+    from pytest_cnnbench.models.lenet import build_lenet
+
+    path = tmp_path / "weights.pt"
+    if content == "tensor-list":
+        torch.save([torch.zeros(3)], path)
+    elif content == "wrong-keys":
+        torch.save({"conv9.weight": torch.zeros(3)}, path)
+    else:
+        path.write_bytes(content)
+    ctx = ModelContext("lenet", str(path), None, ArtifactCache(tmp_path / "cache"), "mnist", (1, 28, 28), 10,
+                       download=False, log=lambda _: None)
+    with pytest.raises(ValueError, match=expected) as info:
+        build_lenet(ctx)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)

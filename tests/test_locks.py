@@ -222,3 +222,34 @@ def test_another_users_unwritable_lock_file_falls_back_to_a_per_user_one_and_say
     assert out.count("warning:") == 1 and "Permission denied" in out and "not from other users'" in out, out
     own = shared_tmp / "pytest-cnnbench-cpu.uid65534.lock"
     assert own.stat().st_uid == 65534 and own.stat().st_mode & 0o777 == 0o600
+
+
+def test_gpu_locks_are_named_by_uuid_whatever_the_visible_index(monkeypatch):
+    """Two sessions see one physical GPU as cuda:0 and cuda:1 (CUDA_VISIBLE_DEVICES): one lock.
+    No GPU here: torch's device properties stand in, with the UUID object torch returns."""
+    import types
+    import uuid as uuidlib
+
+    import torch
+
+    physical = uuidlib.UUID("6f1c0d2e-1a2b-4c3d-8e9f-0a1b2c3d4e5f")
+    visible = {"a": [physical, uuidlib.uuid4()], "b": [uuidlib.uuid4(), physical]}
+    names = {}
+    for session, devices in visible.items():
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i, d=devices: types.SimpleNamespace(uuid=d[i]))
+        names[session] = (worklock.for_device("cuda", 0).device, worklock.for_device("cuda", 1).device)
+    assert names["a"][0] == names["b"][1] == f"cuda-GPU-{physical}"
+    assert names["a"][1] != names["b"][0]
+
+
+def test_gpu_lock_falls_back_to_the_index_with_a_warning(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(worklock, "_fallbacks_said", set())
+
+    def no_device(index):
+        raise RuntimeError("no CUDA GPUs are available")
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", no_device)
+    with pytest.warns(worklock.LockWarning, match="UUID of CUDA device 1 is unknown"):
+        assert worklock.for_device("cuda", 1).device == "cuda1"

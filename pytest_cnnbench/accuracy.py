@@ -94,8 +94,10 @@ def near_chance_warning(predictions: torch.Tensor, labels: torch.Tensor, num_cla
         if matched >= SHIFT_SIGNAL:
             return (f"{head}: {matched:.0%} of the predictions are the label {'minus' if shift < 0 else 'plus'} one, "
                     f"so the labels look {how}")
-    devkit = (" (for ImageNet: a class_index in the ILSVRC devkit's order, ILSVRC2012_ID, 1-based, instead of "
-              "the 0-based order of the sorted WordNet ids; give the wnid column instead)" if dataset == "imagenet" else "")
+    devkit = ""
+    if dataset == "imagenet":
+        devkit = (" (for ImageNet: a class_index in the ILSVRC devkit's order, ILSVRC2012_ID, 1-based, instead of "
+                  "the 0-based order of the sorted WordNet ids; give the wnid column instead)")
     distinct = labels.unique()
     if count >= 3 * len(distinct):  # enough images per class to see a consistent relabelling
         mapped = 0

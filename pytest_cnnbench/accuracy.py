@@ -78,3 +78,47 @@ def paired_counts(logits: torch.Tensor, reference: torch.Tensor, labels: torch.T
 
     row, ref = right(logits), right(reference)
     return (int((row & ref).sum()), int((row & ~ref).sum()), int((~row & ref).sum()), int((~row & ~ref).sum()))
+
+
+TRAINED_WEIGHTS = ("pretrained", "trained", "file")  # weights that should beat chance on their own data
+SHIFT_SIGNAL = 0.5  # a shifted or reordered labelling explains at least this share of the predictions
+
+
+def near_chance_warning(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                        dataset: str = "") -> Optional[str]:
+    """A warning when trained weights score near chance on labelled data, naming the likely cause.
+
+    Near chance: top-1 at most three times chance (and at most 2%, for 1000 classes: a sample of
+    ImageNet). Then the predictions are compared with the labels shifted by one either way (a
+    1-based class_index) and with any consistent relabelling (a class_index in another order, such
+    as the ILSVRC devkit's): where that explains most predictions, the labels are wrong, not the
+    model, and every row's top-1 with them (eager's too, so no row stands out)."""
+    count = len(labels)
+    if count < 20 or num_classes < 2:
+        return None
+    chance = 1.0 / num_classes
+    top1 = float((predictions == labels).float().mean())
+    if top1 > max(3 * chance, 0.02):
+        return None
+    head = (f"top-1 {top1:.1%} on {count} labelled images is near chance ({chance:.1%}) for trained weights: "
+            f"the labels, not the model, are the likely fault")
+    for shift, how in ((-1, "1-based (counted from 1, where class indices count from 0)"),
+                       (1, "shifted down by one")):
+        matched = float((predictions == (labels + shift) % num_classes).float().mean())
+        if matched >= SHIFT_SIGNAL:
+            return (f"{head}: {matched:.0%} of the predictions are the label {'minus' if shift < 0 else 'plus'} one, "
+                    f"so the labels look {how}")
+    devkit = ""
+    if dataset == "imagenet":
+        devkit = (" (for ImageNet: a class_index in the ILSVRC devkit's order, ILSVRC2012_ID, 1-based, instead of "
+                  "the 0-based order of the sorted WordNet ids; give the wnid column instead)")
+    distinct = labels.unique()
+    if count >= 3 * len(distinct):  # enough images per class to see a consistent relabelling
+        mapped = 0
+        for label in distinct.tolist():
+            chosen = predictions[labels == label]
+            mapped += int(torch.bincount(chosen).max())
+        if mapped / count >= SHIFT_SIGNAL:
+            return (f"{head}: each label is mostly predicted as one other class ({mapped / count:.0%} of the images), "
+                    f"so the labels look like another class order{devkit}")
+    return (f"{head}: a 1-based or reordered class index{devkit}, or labels of another dataset, are the usual causes")

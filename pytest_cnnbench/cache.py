@@ -41,6 +41,36 @@ def default_cache_dir() -> Path:
     return Path(base) / "pytest-cnnbench"
 
 
+def unsafe_cache_reason(root: Path) -> Optional[str]:
+    """Why ``root`` must not be used as the cache, or None. The cache holds TorchScript archives,
+    inductor's compiled code and TensorRT engines, which run code when loaded: like ssh with its
+    keys, a folder that another user owns or can write to (or one above it, without the sticky
+    bit) is refused. A folder that does not exist yet is fine: it is created 0700."""
+    try:
+        path = Path(root).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:
+        return f"cannot resolve it ({exc})"
+    me = os.geteuid() if hasattr(os, "geteuid") else None
+    if me is None:  # pragma: no cover - not POSIX: no owners or modes to check
+        return None
+    for folder in (path, *path.parents):
+        try:
+            info = os.stat(folder)
+        except FileNotFoundError:
+            continue  # created later, by this user
+        except OSError as exc:
+            return f"cannot inspect {folder} ({exc.strerror})"
+        what = "it" if folder == path else f"the folder above it, {folder},"
+        if info.st_uid not in (me, 0):
+            return f"{what} belongs to user id {info.st_uid}, not to this user (id {me}) or root"
+        writable = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if writable and (folder == path or not info.st_mode & stat.S_ISVTX):
+            who = "group and others" if writable == (stat.S_IWGRP | stat.S_IWOTH) else (
+                "its group" if writable == stat.S_IWGRP else "others")
+            return f"{what} is writable by {who} (mode {stat.S_IMODE(info.st_mode):o})"
+    return None
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -152,6 +182,10 @@ class ArtifactCache:
     def __init__(self, root: Path, log: Optional[Callable[[str], None]] = None) -> None:
         self.root = Path(root)
         self.log = log  # told when this process waits for another one's build
+        if not self.root.exists():  # private from the start: what it holds can run code when loaded
+            with contextlib.suppress(OSError):  # a read-only place fails later, where it is used
+                self.root.parent.mkdir(parents=True, exist_ok=True)
+                os.mkdir(self.root, 0o700)
 
     def path(self, kind: str, key: str, suffix: str) -> Path:
         return self.root / kind / f"{key}{suffix}"
@@ -159,10 +193,16 @@ class ArtifactCache:
     def _sidecar(self, path: Path) -> Path:
         return path.with_name(path.name + ".sha256")
 
+    def _checksum(self, path: Path) -> str:
+        """The checksum its sidecar records; "" when that is not one (not text, not hex: a damaged
+        sidecar, which makes the entry corrupt: discarded and rebuilt). FileNotFoundError if none."""
+        text = self._sidecar(path).read_bytes().decode("ascii", "replace").strip()
+        return text if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else ""
+
     def content_id(self, path: Path) -> str:
         """A published entry's identity: its kind, its key and its bytes' checksum (16 hex digits)."""
         try:
-            digest = self._sidecar(path).read_text().strip()[:16]
+            digest = self._checksum(path)[:16] or sha256_file(path)[:16]
         except FileNotFoundError:
             digest = sha256_file(path)[:16]
         return f"{path.parent.name}/{path.stem} sha256:{digest}"
@@ -201,9 +241,8 @@ class ArtifactCache:
 
     # -- reading ---------------------------------------------------------------------------
     def _intact(self, path: Path) -> bool:
-        sidecar = self._sidecar(path)
         try:
-            expected = sidecar.read_text().strip()
+            expected = self._checksum(path)
             return bool(expected) and sha256_file(path) == expected
         except FileNotFoundError:
             return False

@@ -77,6 +77,8 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
     "cnn-progress": ("progress of the long phases (training, export, calibration, accuracy, timing): auto (a live "
                      "line on a terminal, plain lines otherwise, none under -q or on xdist workers), live, plain or off",
                      "auto"),
+    "cnn-lock-timeout": ("give up waiting for the machine lock (another run's timing or build) after this many "
+                         "seconds: the waiting cell fails, naming the process that holds the lock", "900"),
 }
 OPTIONS["cnn-accuracy-budget"] = (
     "the top-1 loss against eager fp32, in percentage points, that the line under the table allows when it names "
@@ -356,6 +358,7 @@ class Settings:
     skip_bad_images: bool = False  # leave out missing/undecodable images (counted, warned) instead of failing
     mlperf: Any = None  # mlperf.settings.ScenarioOptions: LoadGen scenarios (--cnn-scenario...)
     accuracy_budget: float = 1.0  # top-1 points a row may lose against eager fp32 to count for the fastest-within-budget line
+    lock_timeout: float = 900.0  # seconds a cell waits for the machine lock before it fails
 
 
 def _check_writable(path: Path, option: str) -> None:
@@ -463,6 +466,14 @@ def cache_dir(path: Path) -> Path:
         raise BadValue(f"{path} cannot be created: {existing} is not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise BadValue(f"{path} is not writable" if existing == path else f"{path} cannot be created in {existing}")
+    from .cache import unsafe_cache_reason
+
+    why = unsafe_cache_reason(path)
+    if why:
+        raise BadValue(
+            f"refusing the cache folder {path}: {why}. What it holds (TorchScript archives, compiled code, TensorRT "
+            f"engines) runs when loaded; make it yours alone (chmod go-w), or give --cnn-cache-dir (or "
+            f"$CNNBENCH_CACHE_DIR) a folder of your own")
     return path
 
 
@@ -568,6 +579,8 @@ def parse_settings(config: pytest.Config) -> Settings:
         mlperf=check(_mlperf, config),  # MLPerf LoadGen scenarios
         accuracy_budget=check(_positive_number, _raw(config, "cnn-accuracy-budget"), "cnn-accuracy-budget", float,
                               default=1.0),
+        lock_timeout=check(_positive_number, _raw(config, "cnn-lock-timeout"), "cnn-lock-timeout", float,
+                           default=900.0),
     )
     check(_rounds, settings["min_rounds"] if _raw(config, "cnn-min-rounds") else None,
           settings["max_rounds"] if _raw(config, "cnn-max-rounds") else None)

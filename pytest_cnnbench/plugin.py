@@ -69,6 +69,9 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     settings = parse_settings(config)
     config.stash[SETTINGS_KEY] = settings
+    from . import worklock
+
+    worklock.wait_limit_s = settings.lock_timeout
     config.stash[PROGRESS_MODE_KEY] = _progress_mode(config)
     session = CnnBenchSession(config, settings)
     config.stash[SESSION_KEY] = session

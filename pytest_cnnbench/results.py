@@ -259,6 +259,10 @@ def load_json(path: Path) -> dict[str, Any]:
     if not isinstance(data.get("results"), list) or not all(
             isinstance(r, dict) and {"model", "backend", "batch_size"} <= r.keys() for r in data["results"]):
         raise ValueError(f"{path}: malformed result file (\"results\" must be a list of cell results)")
+    problem = _environment_problem(data.get("environment"), "environment") or next(
+        (p for i, row in enumerate(data["results"]) if (p := _row_problem(row, i))), None)
+    if problem:
+        raise ValueError(f"{path}: malformed result file ({problem})")
     return data
 
 
@@ -280,3 +284,60 @@ def mixed_speedup_rules(rows: Iterable[dict[str, Any]]) -> Optional[str]:
     return (f"WARNING: {len(old)} speedup(s) from an older result file were timed with eager at its own row's thread "
             "count, the others with eager at the row's own: they are not comparable (" + ", ".join(map(cell_label, old[:3]))
             + (", ..." if len(old) > 3 else "") + ")")
+
+
+# The result file's shape, as far as readers rely on it: a file edited by hand, or written by
+# something else, gets one message naming the first wrong field instead of a traceback.
+_ENVIRONMENT_KINDS: dict[str, tuple[type, ...]] = {
+    "versions": (dict,), "env_vars": (dict,), "options": (dict,), "devices": (list,), "gpus": (list,),
+    "argv": (list,), "git_commit": (str,), "merged": (list,)}
+_JSON_KINDS = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "dict": (dict,), "list": (list,),
+               "Any": (dict,)}  # the Any fields are typed records (latency, speedup): objects in JSON
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "an object",
+            list: "a list"}[kinds[-1]]
+
+
+def _environment_problem(env: Any, where: str) -> Optional[str]:
+    if not isinstance(env, dict):
+        return f"\"{where}\" must be an object, not {'missing' if env is None else type(env).__name__}"
+    for key, kinds in _ENVIRONMENT_KINDS.items():
+        if env.get(key) is not None and not isinstance(env[key], kinds):
+            return f"\"{where}.{key}\" must be {_kind_name(kinds)}"
+    for key in ("devices", "argv"):
+        if not all(isinstance(item, str) for item in env.get(key) or ()):
+            return f"\"{where}.{key}\" must be a list of strings"
+    for i, entry in enumerate(env.get("merged") or ()):
+        if not isinstance(entry, dict) or not isinstance(entry.get("source"), str):
+            return f"\"{where}.merged[{i}]\" must be an object with a \"source\" string"
+        problem = _environment_problem(entry.get("environment"), f"{where}.merged[{i}].environment")
+        if problem:
+            return problem
+    return None
+
+
+def _field_kinds() -> dict[str, tuple[type, ...]]:
+    kinds = {}
+    for field in dataclasses.fields(CellResult):
+        text = str(field.type).replace("Optional[", "").replace("]", "")
+        base = text.split("[")[0]
+        if base in _JSON_KINDS and field.name != "extra":  # extra: keys spread into the row
+            kinds[field.name] = _JSON_KINDS[base]
+    return kinds
+
+
+_FIELD_KINDS = _field_kinds()
+
+
+def _row_problem(row: dict[str, Any], index: int) -> Optional[str]:
+    for name, kinds in _FIELD_KINDS.items():
+        value = row.get(name)
+        if value is None and name != "batch_size":
+            continue
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            return f"results[{index}].{name} must be {_kind_name(kinds)}, not {json.dumps(value)[:40]}"
+    if row.get("source") is not None and not isinstance(row["source"], str):
+        return f"results[{index}].source must be a string"
+    return None

@@ -544,6 +544,7 @@ class CellRunner:
         result.set(samples=acc.samples, top1=acc.top1, top5=acc.top5, accuracy_cached=from_disk)
         reference_acc = accuracy_from_logits(reference, labels)
         self.reference_top1 = reference_acc.top1
+        self._warn_if_labels_look_wrong(result, reference, labels)
         result.reference_cached = bench.reference_from_disk(model, content_id, self.device)
         agree: Agreement = agreement(acc.logits, reference)
         result.agreement = agree.as_dict()
@@ -567,6 +568,19 @@ class CellRunner:
         top5 = paired_counts(logits, reference, labels, 5)
         return R.AccuracyCost.from_pairs(paired_difference(*top1), paired_difference(*top5) if top5 else None,
                                          self.bench.settings.accuracy_budget, judged)
+
+    def _warn_if_labels_look_wrong(self, result: R.CellResult, reference: torch.Tensor, labels: torch.Tensor) -> None:
+        """Trained weights near chance on labelled data: a warning and a note naming the likely cause."""
+        from .accuracy import TRAINED_WEIGHTS, near_chance_warning
+
+        if not result.accuracy_valid or result.weights not in TRAINED_WEIGHTS:
+            return
+        text = near_chance_warning(reference.argmax(1), labels, reference.shape[1], result.dataset or "")
+        if text and text not in result.notes:
+            import warnings
+
+            result.notes.append(text)
+            warnings.warn(UserWarning(f"cnnbench: {result.model} on {result.dataset}: {text}"))
 
     def _backend_accuracy(self, prepared: Prepared, module: torch.nn.Module, ctx: PrepareContext,
                           images: torch.Tensor, labels: torch.Tensor, content_id: str) -> tuple[Any, Optional[bool]]:

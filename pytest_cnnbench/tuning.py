@@ -61,7 +61,31 @@ def load(cache: ArtifactCache, key: str) -> Optional[dict[str, Any]]:
     except (OSError, ValueError) as exc:
         cache.discard(path, f"not a JSON record: {exc}")
         return None
-    return data if isinstance(data, dict) else None
+    problem = _shape_problem(data)
+    if problem:  # valid JSON of another shape (edited by hand, or written by something else)
+        cache.discard(path, f"not a tuning record: {problem}")
+        return None
+    return data
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _shape_problem(data: Any) -> Optional[str]:
+    """What makes ``data`` unlike the records ``remember_choice`` and ``update`` write, or None."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    if "choice" in data and (not isinstance(data["choice"], (str, int)) or isinstance(data["choice"], bool)):
+        return f"its choice is {json.dumps(data['choice'])[:40]}"
+    sessions = data.get("sessions", [])
+    if not isinstance(sessions, list) or not all(isinstance(s, dict) for s in sessions):
+        return "its sessions are not a list of objects"
+    for entry in sessions:
+        for name in ("p50", "p10"):
+            if entry.get(name) is not None and not _number(entry[name]):
+                return f"a session's {name} is {json.dumps(entry[name])[:40]}"
+    return None
 
 
 def save(cache: ArtifactCache, key: str, data: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ import functools
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable, Optional
 
 import torch
@@ -141,6 +141,13 @@ def listing(header: str, problems: list[str], limit: int = 50) -> str:
     return header + ":\n  " + "\n  ".join(shown)
 
 
+def leaves_folder(name: str) -> bool:
+    """Whether a path written in a labels CSV would leave the CSV's folder: absolute (POSIX or
+    Windows form) or through a '..' component. Links inside the folder are the user's own: followed."""
+    posix = PurePosixPath(name.replace("\\", "/"))
+    return posix.is_absolute() or bool(PureWindowsPath(name).drive) or ".." in posix.parts
+
+
 def read_label_csv(csv_path: Path, missing: Optional[list[tuple[Path, str]]] = None) -> tuple[list[Path], list[int]]:
     """The labelled images a labels CSV lists. Every bad row is named in one DatasetError. With
     ``missing`` (a list), rows whose image does not exist are appended there as ``(path, message)``
@@ -163,11 +170,16 @@ def read_label_csv(csv_path: Path, missing: Optional[list[tuple[Path, str]]] = N
                 if not name:
                     problems.append(f"{where}: empty 'file'")
                     continue
-                path = (base / name).resolve()
-                if path in seen:
+                if leaves_folder(name):
+                    problems.append(f"{where}: {name!r} points outside {base} (an absolute path, or through '..'); "
+                                    f"give images relative to the labels CSV's folder")
+                    continue
+                path = base / name  # inside the folder; a link the user placed there is followed
+                real = path.resolve()
+                if real in seen:
                     problems.append(f"{where}: {name} is listed twice")
                     continue
-                seen.add(path)
+                seen.add(real)
                 try:
                     label = _csv_label(row, where)
                 except DatasetError as exc:

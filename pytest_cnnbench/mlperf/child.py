@@ -25,8 +25,10 @@ and imports ``mlperf_loadgen`` itself: the parent never loads LoadGen.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import sys
 import threading
 import time
 import traceback
@@ -68,10 +70,42 @@ def _apply(lg: Any, values: dict[str, Any]) -> Any:
     return settings
 
 
+WATCHDOG_S = 0.5  # how often the child checks that its parent still lives (where prctl cannot tell it)
+
+
+def die_with_parent(parent_pid: int, from_main_thread: bool) -> None:
+    """End this child when the process that forked it ends, even by SIGKILL: an orphaned LoadGen
+    child would run on for the scenario's length, or wait forever on a parent that cannot answer.
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``, but only when forked from the parent's main thread
+    (the signal follows the forking *thread*). Everywhere: a thread that polls ``getppid``. The
+    machine lock's descriptors are closed at fork already (``worklock``'s at-fork handler)."""
+    import signal
+
+    if from_main_thread and sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the prctl above took effect
+        os._exit(4)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(WATCHDOG_S)
+        os._exit(4)
+
+    threading.Thread(target=watch, name="cnnbench-parent-watchdog", daemon=True).start()
+
+
 def child_main(conn: Any, settings_values: dict[str, Any], total: int, performance: int, out_dir: str,
-               response_spin_s: float = SPIN_S) -> None:
+               response_spin_s: float = SPIN_S, parent_pid: Optional[int] = None,
+               from_main_thread: bool = False) -> None:
     """The child: run one LoadGen test whose SUT forwards queries to the parent over ``conn``.
     ``response_spin_s``: how long its receiver polls for a response before it blocks."""
+    if parent_pid is not None:
+        die_with_parent(parent_pid, from_main_thread)
     try:
         import numpy as np
 
@@ -246,7 +280,8 @@ def run_test(predict: Callable[[list[int]], bytes], settings_values: dict[str, A
     ctx = multiprocessing.get_context("fork")
     parent_conn, child_conn = ctx.Pipe(duplex=True)
     process = ctx.Process(target=child_main, name="cnnbench-loadgen", daemon=True,
-                          args=(child_conn, settings_values, total, performance, str(out_dir), response_spin_s))
+                          args=(child_conn, settings_values, total, performance, str(out_dir), response_spin_s,
+                                os.getpid(), threading.current_thread() is threading.main_thread()))
     process.start()
     child_conn.close()
     served = Served()

@@ -121,8 +121,9 @@ def build_lenet(ctx: ModelContext) -> BuiltModel:
     if ctx.weights == "random":
         return BuiltModel(model.eval(), preprocess, "random", f"random initialisation (seed {recipe.seed}, --cnn-weights=random)", preprocess.id)
     if ctx.weights != "pretrained":
-        state = torch.load(Path(ctx.weights).expanduser(), map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        from .torchvision_models import load_state_dict_into  # one loader, one set of messages for a bad file
+
+        load_state_dict_into(model, "lenet", Path(ctx.weights).expanduser())
         return BuiltModel(model.eval(), preprocess, "file", f"state dict {ctx.weights}", preprocess.id)
 
     dctx = DatasetContext("mnist", ctx.data_root, ctx.cache, ctx.input_shape, ctx.num_classes, ctx.download, ctx.log)

@@ -137,7 +137,8 @@ def load_state_dict_into(module: nn.Module, name: str, path: Path, dropped: tupl
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"--cnn-weights {path}: not a loadable state dict ({type(exc).__name__}: {exc})") from None
+        first = (str(exc).strip().splitlines() or [""])[0]  # torch's own message runs to a page
+        raise ValueError(f"--cnn-weights {path}: not a loadable state dict ({type(exc).__name__}: {first})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"--cnn-weights {path}: expected a state dict (parameter name -> tensor), got {type(state).__name__}")
     state = {k: v for k, v in state.items() if not k.startswith(dropped)} if dropped else state

@@ -209,7 +209,7 @@ def write_json(path: Path, results: Sequence[dict[str, Any]], environment: dict[
 def write_html(path: Path, results: Sequence[dict[str, Any]], environment: dict[str, Any], comparison: Any = None) -> None:
     from .page import page  # the standalone page: table, charts, comparison, environment in one file
 
-    atomic_write_text(path, page(results, environment, comparison))
+    write_output(path, page(results, environment, comparison).encode("utf-8"))
 
 
 WRITERS: dict[str, Callable[..., None]] = {".md": write_markdown, ".csv": write_csv, ".json": write_json,

@@ -161,7 +161,7 @@ def test_line_names_batch_sizes_when_they_vary():
 def test_budget_option_is_validated_with_an_ini_twin(tiny_project):
     result = tiny_project.runpytest_subprocess(*FAST, "--cnn-accuracy-budget=-1", "--collect-only", "-q")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "--cnn-accuracy-budget: '-1' is not a valid positive number" in result.stderr.str()
+    assert "--cnn-accuracy-budget: '-1' is not a valid positive finite number" in result.stderr.str()
     tiny_project.makeini("[pytest]\ncnn_model = tiny\ncnn_accuracy_budget = lots\n")
     result = tiny_project.runpytest_subprocess(*FAST, "--collect-only", "-q")
     assert result.ret == pytest.ExitCode.USAGE_ERROR and "--cnn-accuracy-budget: 'lots'" in result.stderr.str()

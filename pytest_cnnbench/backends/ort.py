@@ -327,19 +327,6 @@ class OrtTensorrtBackend(OrtBackend):
         # trt_fp16_enable TensorRT picks fp16 or fp32 per layer (TF32 where fp32 is picked).
         return "fp16/fp32 mix (TensorRT picks), TF32 allowed" if ctx.precision == "fp16" else "fp32, TF32 allowed"
 
-    @staticmethod
-    def thread_settings(session: Any) -> dict[str, Any]:
-        """What sets and places the session's threads, as the session reports it (the row's thread_pinning)."""
-        options = session.get_session_options()
-        out: dict[str, Any] = {"intra_op_num_threads": options.intra_op_num_threads,
-                               "inter_op_num_threads": options.inter_op_num_threads}
-        for key in ("session.intra_op_thread_affinities", "session.force_spinning_stop", "session.intra_op.allow_spinning"):
-            try:
-                out[key] = options.get_session_config_entry(key) or None
-            except Exception:  # not set: ONNX Runtime's default
-                out[key] = None
-        return out
-
     def providers(self, ctx: PrepareContext) -> list[Any]:
         # Engines are cached by ONNX Runtime itself, beside our ONNX cache, keyed by GPU and TensorRT version.
         engine_dir = ctx.cache.root / "ort-trt-engines"

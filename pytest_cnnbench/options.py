@@ -14,10 +14,9 @@ from typing import Any, Optional
 
 import pytest
 
-from . import registry
+from . import models, registry
 from .cache import default_cache_dir
 from .core import DEVICES, PRECISIONS
-from .models import zoo
 from .thresholds import parse_min_top1
 
 # name -> (help, default); the ini name is the option name with "-" -> "_".
@@ -167,17 +166,10 @@ def _model_names(value: str) -> Optional[tuple[str, ...]]:
     names: list[str] = []
     bad: list[str] = []
     for item in items:
-        if zoo.is_zoo_name(item):  # torchvision:<name> or timm:<name>, wildcards expanded
-            try:
-                names += zoo.expand(item)
-            except zoo.ZooNameError as exc:
-                bad.append(str(exc))
-            continue
-        if not item.replace("_", "").replace("-", "").replace(".", "").isalnum():
-            bad.append(f"{item!r} is not a model name; valid: all, {', '.join(registry.models.names())}, "
-                       f"torchvision:<name>, timm:<name>")
-            continue
-        names.append(item)
+        try:  # torchvision:<name> or timm:<name> checked, wildcards expanded; any other name once collected
+            names += models.expand(item)
+        except registry.UnknownModelError as exc:
+            bad.append(str(exc))
     if bad:
         raise pytest.UsageError("--cnn-model: " + "; ".join(bad) if len(bad) == 1 else
                                 "--cnn-model:\n    " + "\n    ".join(bad))
@@ -515,7 +507,7 @@ def _weights(config: pytest.Config) -> str:
 
 
 def _min_top1(config: pytest.Config, model_names: Optional[tuple[str, ...]]) -> dict[str, float]:
-    zoo_names = [m for m in model_names or () if zoo.is_zoo_name(m)]
+    zoo_names = [m for m in model_names or () if models.source_of(m) in models.ZOOS]
     try:
         return parse_min_top1(_raw(config, "cnn-min-top1"), [*registry.models.names(), *zoo_names])
     except ValueError as exc:
@@ -535,7 +527,7 @@ def parse_settings(config: pytest.Config) -> Settings:
     no_download = bool(_raw(config, "cnn-no-download")) or os.environ.get("CNNBENCH_NO_DOWNLOAD", "") not in ("", "0")
     model_names = check(_model_names, _raw(config, "cnn-model"))
     min_top1 = check(_min_top1, config, model_names, default={})
-    zoo_models = tuple(m for m in model_names or () if zoo.is_zoo_name(m))
+    zoo_models = tuple(m for m in model_names or () if models.source_of(m) in models.ZOOS)
     threads = check(_threads, _raw(config, "cnn-threads"), default=(None, ()))
     settings = dict(
         backends=check(_names, _raw(config, "cnn-backend"), "cnn-backend", registry.backends.names(), default=()),

@@ -22,7 +22,7 @@ from .cache import ArtifactCache, hash_parts
 from .core import BuiltModel, CellSpec, DatasetContext, ModelContext
 from .accuracy import evaluate
 from .datasets.errors import DatasetError
-from .models import zoo
+from . import models
 from .options import Settings
 
 ACCURACY_BATCH = 250  # large batches for the accuracy pass: it is not the timed part...
@@ -154,7 +154,7 @@ class Workbench:
     # -- models -----------------------------------------------------------------------
     def registered_model(self, spec: CellSpec) -> CellModel:
         """The registry's model for ``spec`` (built once per process while it is the latest)."""
-        entry = zoo.model_entry(spec.model)  # torchvision:NAME / timm:NAME, else the registry's
+        entry = models.resolve(spec.model).entry  # the registry's, or torchvision:NAME / timm:NAME
         info = ModelInfo(spec.model, tuple(entry.meta["input_shape"]), int(entry.meta["num_classes"]))
 
         def make() -> CellModel:

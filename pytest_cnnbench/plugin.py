@@ -423,7 +423,9 @@ def _threads_unavailable(count: int, device: str) -> Optional[str]:
     """Why a thread sweep's count cannot run here: more threads than the cores this process may use."""
     if device != "cpu":
         return f"--cnn-threads={count}: thread counts are a CPU dimension (this cell runs on {device})"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from .environment import cpu_count
+
+    cores = cpu_count()
     if count > cores:
         return f"--cnn-threads={count}: this machine gives the process {cores} core{'s' * (cores != 1)}"
     return None

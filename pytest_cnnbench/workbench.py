@@ -64,6 +64,15 @@ def scale_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
 
 
+def wrap_bare_module(module: torch.nn.Module, weights_note: str, dataset: Optional[str]) -> BuiltModel:
+    """A bare module (from a registered factory or a user's ``cnn_model`` fixture) as a ``BuiltModel``:
+    the dataset's preprocessing for bare modules where it has one (ImageNet folders hold PIL images:
+    the standard resize/crop/normalize), else uint8 pixels scaled to [0, 1]."""
+    bare = registry.datasets.get(dataset).meta.get("bare_preprocess") if dataset in registry.datasets else None
+    preprocess, preprocess_id = bare() if bare is not None else (scale_uint8, "scale-uint8")
+    return BuiltModel(module, preprocess, "user", weights_note, preprocess_id)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
     """What the harness needs of a cell's model besides the module: its name and shapes."""
@@ -167,7 +176,7 @@ class Workbench:
             )
             built = entry.factory(ctx)
             if not isinstance(built, BuiltModel):  # a bare nn.Module: weights as its factory made them
-                built = BuiltModel(built, scale_uint8, "user", "module returned by the factory", "scale-uint8")
+                built = wrap_bare_module(built, "module returned by the factory", spec.dataset)
             model = self._finish(built, spec, info)
             self.unclaimed_build_s += time.perf_counter() - started
             return model

@@ -351,6 +351,9 @@ class Settings:
     mlperf: Any = None  # mlperf.settings.ScenarioOptions: LoadGen scenarios (--cnn-scenario...)
     accuracy_budget: float = 1.0  # top-1 points a row may lose against eager fp32 to count for the fastest-within-budget line
     lock_timeout: float = 900.0  # seconds a cell waits for the machine lock before it fails
+    # The --cnn-compare file's document, loaded once at configure time (--cnn-json may name the same file
+    # and rewrite it as cells finish).
+    baseline: Optional[dict[str, Any]] = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def _check_writable(path: Path, option: str) -> None:
@@ -393,17 +396,19 @@ def _plot_path(config: pytest.Config) -> Optional[Path]:
     return path
 
 
-def _compare(config: pytest.Config) -> tuple[Optional[Path], tuple[Any, ...]]:
+def _compare(config: pytest.Config) -> tuple[Optional[Path], tuple[Any, ...], Optional[dict[str, Any]]]:
+    """The --cnn-compare file, its rules and its document (loaded here, once)."""
     from . import compare
     from .results import load_json
 
     raw, rules_raw = _raw(config, "cnn-compare"), _raw(config, "cnn-compare-fail")
     path = Path(raw).expanduser() if raw else None
+    baseline = None
     if path is not None:
         if not path.is_file():
             raise pytest.UsageError(f"--cnn-compare: result file {path} does not exist")
         try:
-            load_json(path)
+            baseline = load_json(path)
         except ValueError as exc:
             raise pytest.UsageError(f"--cnn-compare: {exc}") from None
     rules: tuple[Any, ...] = ()
@@ -414,7 +419,7 @@ def _compare(config: pytest.Config) -> tuple[Optional[Path], tuple[Any, ...]]:
             raise pytest.UsageError(f"--cnn-compare-fail: {exc}") from None
         if path is None:
             raise pytest.UsageError("--cnn-compare-fail needs --cnn-compare BASELINE.json to compare with")
-    return path, rules
+    return path, rules, baseline
 
 
 class _Problems:
@@ -523,7 +528,7 @@ def parse_settings(config: pytest.Config) -> Settings:
     device = check(_choice, _raw(config, "cnn-device"), "cnn-device", DEVICES, default="auto")
     dataset = check(_dataset, config)
     weights = check(_weights, config, default="pretrained")
-    compare_path, compare_rules = check(_compare, config, default=(None, ()))
+    compare_path, compare_rules, baseline = check(_compare, config, default=(None, (), None))
     no_download = bool(_raw(config, "cnn-no-download")) or os.environ.get("CNNBENCH_NO_DOWNLOAD", "") not in ("", "0")
     model_names = check(_model_names, _raw(config, "cnn-model"))
     min_top1 = check(_min_top1, config, model_names, default={})
@@ -556,6 +561,7 @@ def parse_settings(config: pytest.Config) -> Settings:
         plot_path=check(_plot_path, config),
         compare_path=compare_path,
         compare_rules=compare_rules,
+        baseline=baseline,
         min_top1=tuple(min_top1.items()),
         calibration_method=check(_choice, _raw(config, "cnn-calibration"), "cnn-calibration", CALIBRATION_METHODS,
                                  default="minmax"),

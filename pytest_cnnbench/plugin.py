@@ -232,6 +232,16 @@ def _marker_models(settings: Settings, listed: tuple, marked: list[models.ModelR
     return selected
 
 
+def _fixturedefs(item: pytest.Item, name: str) -> tuple[Any, ...]:
+    """The definitions of fixture ``name`` that ``item`` (a test, or ``metafunc.definition``) sees, innermost
+    last. pytest has no public API for them: ``Metafunc``, ``Item`` and ``FixtureRequest`` expose only fixture
+    names, and a user's ``cnn_model`` fixture's function, params and ids are needed before it runs. So the one
+    private attribute read is here: ``_fixtureinfo.name2fixturedefs`` (checked against pytest 9.2.0; the same
+    attribute and shape in pytest 8.x, which ``Metafunc._arg2fixturedefs`` is an alias of)."""
+    info = getattr(item, "_fixtureinfo", None)
+    return tuple(getattr(info, "name2fixturedefs", {}).get(name) or ())
+
+
 def _user_model_fixture(fixturedefs: Any, rootpath: Any) -> Optional[tuple[Any, str]]:
     """``(fixturedef, "where")`` when the ``cnn_model`` a test gets is a user's, not this plugin's default."""
     if not fixturedefs:
@@ -276,7 +286,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     settings = metafunc.config.stash[SETTINGS_KEY]
     marker = cnnbench_marker(metafunc.definition)
-    user = _user_model_fixture(metafunc._arg2fixturedefs.get("cnn_model"), metafunc.config.rootpath)
+    user = _user_model_fixture(_fixturedefs(metafunc.definition, "cnn_model"), metafunc.config.rootpath)
     try:
         cells = cells_for(settings, marker, user[1] if user else None)
     except registry.UnknownNameError as exc:
@@ -297,7 +307,7 @@ def _fixture_model_id(item: pytest.Item) -> Optional[str]:
         return None
     if "cnn_model" not in callspec.params:
         return ""
-    fixturedefs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {}).get("cnn_model") or ()
+    fixturedefs = _fixturedefs(item, "cnn_model")
     if not fixturedefs:
         return ""
     return fixture_param_id(fixturedefs[-1], callspec.indices["cnn_model"], callspec.params["cnn_model"])

@@ -10,7 +10,7 @@ import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 
@@ -82,6 +82,13 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
 OPTIONS["cnn-accuracy-budget"] = (
     "the top-1 loss against eager fp32, in percentage points, that the line under the table allows when it names "
     "each model's fastest configuration (a row counts when its whole 95% interval stays within it)", "1")
+
+
+def default(name: str, kind: Callable[[str], Any] = str) -> Any:
+    """Option ``name``'s default, as ``kind``: ``OPTIONS`` is the one place defaults are written."""
+    return kind(OPTIONS[name][1])
+
+
 FLAGS = {"cnn-no-download", "cnn-profile", "cnn-selfcheck", "cnn-require-accuracy", "cnn-strict", "cnn-reprobe",
          "cnn-skip-bad-images"}
 MULTI = {"cnn-report"}  # may be given several times
@@ -308,8 +315,11 @@ def _threads(value: Any) -> tuple[Optional[int], tuple[int, ...]]:
     return _usage("cnn-threads", threads, value)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
+    """The options, validated (``parse_settings``). No defaults here: they are ``OPTIONS``'s, which the ini
+    twins and so ``_raw`` fall back to."""
+
     backends: tuple[str, ...]
     models: tuple[str, ...]
     dataset: Optional[str]
@@ -325,35 +335,35 @@ class Settings:
     max_rounds: int
     max_time: float
     download: bool
-    target_ci: float = 0.02
-    threads: Optional[int] = None  # None: probe per cell ("auto"), or a sweep
-    thread_sweep: tuple[int, ...] = ()  # --cnn-threads=1,2,4: one row per count (two or more)
-    profile: bool = False
-    reports: tuple[Path, ...] = ()
-    plot_path: Optional[Path] = None
-    compare_path: Optional[Path] = None
-    compare_rules: tuple[Any, ...] = ()  # compare.Rule
-    min_top1: tuple[tuple[str, float], ...] = ()  # (model, floor) pairs from cnn-min-top1
+    target_ci: float
+    threads: Optional[int]  # None: probe per cell ("auto"), or a sweep
+    thread_sweep: tuple[int, ...]  # --cnn-threads=1,2,4: one row per count (two or more)
+    profile: bool
+    reports: tuple[Path, ...]
+    plot_path: Optional[Path]
+    compare_path: Optional[Path]
+    compare_rules: tuple[Any, ...]  # compare.Rule
+    min_top1: tuple[tuple[str, float], ...]  # (model, floor) pairs from cnn-min-top1
     # The names --cnn-model listed (None: all). Names that are not registered may be param ids
     # of a user's cnn_model fixture: they are checked once collection has seen those.
-    model_names: Optional[tuple[str, ...]] = None
-    selfcheck: bool = False
-    require_accuracy: bool = False
-    calibration_method: str = "minmax"  # int8 calibration: minmax, entropy, percentile
-    calibration_images: int = 64  # int8: at most this many calibration images
-    calibration_dir: Optional[Path] = None  # int8: calibration images from this folder (ImageNet-style datasets)
-    calibration_split: Optional[str] = "auto"  # hold images apart for calibration: "auto", a count, None (off)
-    inductor_mode: str = "default"  # torch.compile mode of the inductor backend
-    min_time: float = 3.0  # the timed blocks span at least this long (capped by max_time)
-    strict: bool = False  # unstable cells fail
-    reprobe: bool = False  # ignore remembered thread counts and TorchScript variants
-    skip_bad_images: bool = False  # leave out missing/undecodable images (counted, warned) instead of failing
+    model_names: Optional[tuple[str, ...]]
+    selfcheck: bool
+    require_accuracy: bool
+    calibration_method: str  # int8 calibration: minmax, entropy, percentile
+    calibration_images: int  # int8: at most this many calibration images
+    calibration_dir: Optional[Path]  # int8: calibration images from this folder (ImageNet-style datasets)
+    calibration_split: Optional[str]  # hold images apart for calibration: "auto", a count, None (off)
+    inductor_mode: str  # torch.compile mode of the inductor backend
+    min_time: float  # the timed blocks span at least this long (capped by max_time)
+    strict: bool  # unstable cells fail
+    reprobe: bool  # ignore remembered thread counts and TorchScript variants
+    skip_bad_images: bool  # leave out missing/undecodable images (counted, warned) instead of failing
     mlperf: Any = None  # mlperf.settings.ScenarioOptions: LoadGen scenarios (--cnn-scenario...)
-    accuracy_budget: float = 1.0  # top-1 points a row may lose against eager fp32 to count for the fastest-within-budget line
-    lock_timeout: float = 900.0  # seconds a cell waits for the machine lock before it fails
+    accuracy_budget: float  # top-1 points a row may lose against eager fp32 to count for the fastest-within-budget line
+    lock_timeout: float  # seconds a cell waits for the machine lock before it fails
     # The --cnn-compare file's document, loaded once at configure time (--cnn-json may name the same file
     # and rewrite it as cells finish).
-    baseline: Optional[dict[str, Any]] = dataclasses.field(default=None, compare=False, repr=False)
+    baseline: Optional[dict[str, Any]] = dataclasses.field(compare=False, repr=False)
 
 
 def _check_writable(path: Path, option: str) -> None:
@@ -429,6 +439,8 @@ class _Problems:
         self.messages: list[str] = []
 
     def check(self, check: Any, *args: Any, default: Any = None) -> Any:
+        """``check(*args)``; on a usage error, note it and return ``default``: a stand-in of the right type
+        while the other options are checked (never a setting's value: the errors are raised first)."""
         try:
             return check(*args)
         except pytest.UsageError as exc:

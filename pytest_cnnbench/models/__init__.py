@@ -30,9 +30,6 @@ ZOO_NAMES = ", ".join(f"{z}:<name>" for z in ZOOS)
 HOW_TO_ADD = ("; add a model with @pytest_cnnbench.register_model(...) or a parametrized cnn_model fixture "
               "(README, \"Adding a model\")")
 
-__all__ = ["ModelRef", "UnknownModelError", "expand", "resolve", "source_of"]
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelRef:
     """What a model name stands for: its source ("registry", "torchvision", "timm" or "fixture") and,
@@ -79,9 +76,7 @@ def resolve(name: str, fixture_params: Collection[str] = ()) -> ModelRef:
     if source is None:
         raise unknown([name], fixture_params)
     if zoo.is_zoo_name(name):
-        if any(c in zoo.split(name)[1] for c in "*?["):
-            raise zoo.ZooNameError(f"{name!r}: a wildcard, not one model")
-        zoo.expand(name)  # a ZooNameError (close matches) for a bad zoo name
+        zoo.check_one(name)
     return ModelRef(name, source)
 
 

@@ -130,14 +130,19 @@ def expand(item: str) -> list[str]:
     return [f"{zoo}:{pattern}"]
 
 
+def check_one(name: str) -> None:
+    """A ZooNameError unless ``name`` is one model of a zoo (not a wildcard)."""
+    if any(c in split(name)[1] for c in "*?["):
+        raise ZooNameError(f"{name!r}: a wildcard, not one model")
+    expand(name)  # a ZooNameError (close matches) for a bad name
+
+
 # -- entries ----------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def entry(name: str) -> ZooEntry:
     """The zoo model's metadata (no model is built): dataset, input shape, classes, preprocessing summary."""
+    check_one(name)
     zoo, arch = split(name)
-    if any(c in arch for c in "*?["):
-        raise ZooNameError(f"{name!r}: a wildcard, not one model")
-    expand(name)  # a ZooNameError for a bad name
     if zoo == "torchvision":
         from .torchvision_models import default_weights
 

@@ -32,6 +32,7 @@ from .stats import (SESSION_HISTORY, UNSTABLE_CI, LatencyStats, Speedup, at_usua
                     session_spread)
 from .pytestbenchmark import benchmark_disabled, hand_to_benchmark
 from .timing import Companion, Timing, TimingRules, time_cell
+from .verdicts import own_spread_reason
 from .workbench import ACCURACY_BATCH, CellModel, Workbench, accuracy_batch, device_name
 
 REFERENCE = "reference"  # the companion name of the eager reference a cell's speedup is measured against
@@ -49,7 +50,7 @@ def remeasure_reason(stats: LatencyStats, disturbed: Optional[str], host_moved_i
         return disturbed
     within = stats.ci95_within if stats.ci95_within is not None else stats.ci95_rel
     if own_spread(within, host_moved_it):
-        return f"its calls spread ±{within:.1%} (> {UNSTABLE_CI:.0%})"
+        return own_spread_reason(within, UNSTABLE_CI)
     return None
 
 

@@ -30,7 +30,9 @@ from .memory import HostMemory, current_rss_mb
 from .models.fixture_model import FixtureModelError, check_fixture_model  # noqa: F401  (re-exported for plugin.py)
 from .stats import (SESSION_HISTORY, UNSTABLE_CI, LatencyStats, Speedup, at_usual_pace, own_spread, pace_spread,
                     session_spread)
-from .timing import Companion, Timing, TimingRules, hand_to_benchmark, time_cell
+from .pytestbenchmark import benchmark_disabled, hand_to_benchmark
+from .timing import Companion, Timing, TimingRules, time_cell
+from .verdicts import own_spread_reason
 from .workbench import ACCURACY_BATCH, CellModel, Workbench, accuracy_batch, device_name
 
 REFERENCE = "reference"  # the companion name of the eager reference a cell's speedup is measured against
@@ -48,7 +50,7 @@ def remeasure_reason(stats: LatencyStats, disturbed: Optional[str], host_moved_i
         return disturbed
     within = stats.ci95_within if stats.ci95_within is not None else stats.ci95_rel
     if own_spread(within, host_moved_it):
-        return f"its calls spread ±{within:.1%} (> {UNSTABLE_CI:.0%})"
+        return own_spread_reason(within, UNSTABLE_CI)
     return None
 
 
@@ -66,15 +68,6 @@ def all_cores() -> Iterator[None]:
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
-
-
-def benchmark_disabled(config: pytest.Config) -> bool:
-    """The user turned timing off (--benchmark-disable); pytest-benchmark turning itself off under
-    xdist does not count: the harness times with its own timer and hands the figures over."""
-    try:
-        return bool(config.getoption("benchmark_disable")) and not config.getoption("benchmark_enable")
-    except ValueError:
-        return False
 
 
 @contextlib.contextmanager

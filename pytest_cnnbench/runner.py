@@ -16,6 +16,7 @@ import gc
 import math
 import statistics
 import time
+import types
 from typing import Any, Callable, Iterator, Optional
 
 import pytest
@@ -169,7 +170,6 @@ class CellRunner:
         memory = HostMemory()
         device_memory = self._device_memory()
         stats = None
-        loadgen = None
         try:
             with memory, device_memory:
                 with _phase(phases, "prepare"):
@@ -215,12 +215,8 @@ class CellRunner:
                 result.throughput_ips = spec.batch_size * 1000.0 / stats.p50
             result.memory_mb.update(host_peak=memory.peak_mb, host_delta=memory.delta_mb,
                                        device_peak=device_memory.peak_mb, device_peak_source=device_memory.source)
-            # MLPerf LoadGen scenarios (--cnn-scenario; mlperf/cell.py): timed too, so alone on the machine.
-            from .mlperf.cell import run_for_cell
-
-            with _phase(phases, "timing"), self.lock.exclusive():
-                loadgen = run_for_cell(bench.settings, spec, prepared, images, labels, stats, result, self.item.name)
-            # Sub-plugins that measure more of the cell (coldstart/), outside any timing lock.
+            self.inputs = types.SimpleNamespace(images=images, labels=labels, batch=batch, dataset=dataset)
+            # Sub-plugins that measure more of the cell (LoadGen's scenarios, cold start), outside any timing lock.
             self.request.config.hook.pytest_cnnbench_cell_measured(cell=self, prepared=prepared, result=result)
         finally:
             for held in (prepared, reference_prepared):
@@ -234,9 +230,6 @@ class CellRunner:
         result.memory_mb["host_after"] = current_rss_mb()
         self.result = result
         self._publish()
-        from .mlperf.cell import finish_cell
-
-        finish_cell(loadgen)  # fails or skips the cell, its result recorded (MLPerf LoadGen scenarios)
         if stats is not None and stats.stable is False and bench.settings.strict:
             from .machine import disturbed_message
 

@@ -16,6 +16,7 @@ import gc
 import math
 import statistics
 import time
+import types
 from typing import Any, Callable, Iterator, Optional
 
 import pytest
@@ -30,7 +31,9 @@ from .memory import HostMemory, current_rss_mb
 from .models.fixture_model import FixtureModelError, check_fixture_model  # noqa: F401  (re-exported for plugin.py)
 from .stats import (SESSION_HISTORY, UNSTABLE_CI, LatencyStats, Speedup, at_usual_pace, own_spread, pace_spread,
                     session_spread)
-from .timing import Companion, Timing, TimingRules, hand_to_benchmark, time_cell
+from .pytestbenchmark import benchmark_disabled, hand_to_benchmark
+from .timing import Companion, Timing, TimingRules, time_cell
+from .verdicts import own_spread_reason
 from .workbench import ACCURACY_BATCH, CellModel, Workbench, accuracy_batch, device_name
 
 REFERENCE = "reference"  # the companion name of the eager reference a cell's speedup is measured against
@@ -48,7 +51,7 @@ def remeasure_reason(stats: LatencyStats, disturbed: Optional[str], host_moved_i
         return disturbed
     within = stats.ci95_within if stats.ci95_within is not None else stats.ci95_rel
     if own_spread(within, host_moved_it):
-        return f"its calls spread ±{within:.1%} (> {UNSTABLE_CI:.0%})"
+        return own_spread_reason(within, UNSTABLE_CI)
     return None
 
 
@@ -66,15 +69,6 @@ def all_cores() -> Iterator[None]:
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
-
-
-def benchmark_disabled(config: pytest.Config) -> bool:
-    """The user turned timing off (--benchmark-disable); pytest-benchmark turning itself off under
-    xdist does not count: the harness times with its own timer and hands the figures over."""
-    try:
-        return bool(config.getoption("benchmark_disable")) and not config.getoption("benchmark_enable")
-    except ValueError:
-        return False
 
 
 @contextlib.contextmanager
@@ -176,7 +170,6 @@ class CellRunner:
         memory = HostMemory()
         device_memory = self._device_memory()
         stats = None
-        loadgen = None
         try:
             with memory, device_memory:
                 with _phase(phases, "prepare"):
@@ -222,12 +215,8 @@ class CellRunner:
                 result.throughput_ips = spec.batch_size * 1000.0 / stats.p50
             result.memory_mb.update(host_peak=memory.peak_mb, host_delta=memory.delta_mb,
                                        device_peak=device_memory.peak_mb, device_peak_source=device_memory.source)
-            # MLPerf LoadGen scenarios (--cnn-scenario; mlperf/cell.py): timed too, so alone on the machine.
-            from .mlperf.cell import run_for_cell
-
-            with _phase(phases, "timing"), self.lock.exclusive():
-                loadgen = run_for_cell(bench.settings, spec, prepared, images, labels, stats, result, self.item.name)
-            # Sub-plugins that measure more of the cell (coldstart/), outside any timing lock.
+            self.inputs = types.SimpleNamespace(images=images, labels=labels, batch=batch, dataset=dataset)
+            # Sub-plugins that measure more of the cell (LoadGen's scenarios, cold start), outside any timing lock.
             self.request.config.hook.pytest_cnnbench_cell_measured(cell=self, prepared=prepared, result=result)
         finally:
             for held in (prepared, reference_prepared):
@@ -241,9 +230,6 @@ class CellRunner:
         result.memory_mb["host_after"] = current_rss_mb()
         self.result = result
         self._publish()
-        from .mlperf.cell import finish_cell
-
-        finish_cell(loadgen)  # fails or skips the cell, its result recorded (MLPerf LoadGen scenarios)
         if stats is not None and stats.stable is False and bench.settings.strict:
             from .machine import disturbed_message
 

@@ -71,6 +71,11 @@ def gpus() -> Optional[dict[str, Any]]:
             pass
 
 
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def physical_cores() -> int:
     """Physical cores this process may use: one compute thread per core is the fastest setting
     (SMT siblings share the vector units and slow each other down)."""
@@ -121,7 +126,7 @@ def collect(results: list[dict[str, Any]], rootdir: Path, options: dict[str, Any
         "os": os_name(),
         "hostname": platform.node(),
         "cpu": cpu_model(),
-        "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_count": cpu_count(),
         "devices": devices,
         "git_commit": git_commit(rootdir),
         "git_dirty": git_dirty(rootdir),

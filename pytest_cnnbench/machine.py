@@ -26,15 +26,11 @@ from typing import Any, Callable, Optional
 
 import psutil
 
-from .stats import UNSTABLE_CI
+from .environment import cpu_count
+from .stats import PACE_TOLERANCE, UNSTABLE_CI
 
 BUSY_OTHERS = 0.25  # other processes take more than a quarter of the CPUs: busy
 BUSY_STEAL = 0.05  # the hypervisor takes more than 5% of the CPU time: busy
-
-
-def cpu_count() -> int:
-    """CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def loadavg() -> Optional[tuple[float, float, float]]:
@@ -144,7 +140,6 @@ def between(start: Snapshot, end: Snapshot, load_seen: Optional[float] = None, t
 
 
 PACE_LOOP = 500  # iterations of the pace probe's loop: about 20 microseconds
-PACE_TOLERANCE = 0.10  # a cell's median probe within this of the reference: the machine's usual pace
 
 
 def _pace_loop() -> float:

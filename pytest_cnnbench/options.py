@@ -10,14 +10,13 @@ import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 
-from . import registry
+from . import models, registry
 from .cache import default_cache_dir
 from .core import DEVICES, PRECISIONS
-from .models import zoo
 from .thresholds import parse_min_top1
 
 # name -> (help, default); the ini name is the option name with "-" -> "_".
@@ -83,6 +82,13 @@ OPTIONS: dict[str, tuple[str, Optional[str]]] = {
 OPTIONS["cnn-accuracy-budget"] = (
     "the top-1 loss against eager fp32, in percentage points, that the line under the table allows when it names "
     "each model's fastest configuration (a row counts when its whole 95% interval stays within it)", "1")
+
+
+def default(name: str, kind: Callable[[str], Any] = str) -> Any:
+    """Option ``name``'s default, as ``kind``: ``OPTIONS`` is the one place defaults are written."""
+    return kind(OPTIONS[name][1])
+
+
 FLAGS = {"cnn-no-download", "cnn-profile", "cnn-selfcheck", "cnn-require-accuracy", "cnn-strict", "cnn-reprobe",
          "cnn-skip-bad-images"}
 MULTI = {"cnn-report"}  # may be given several times
@@ -134,17 +140,10 @@ def _model_names(value: str) -> Optional[tuple[str, ...]]:
     names: list[str] = []
     bad: list[str] = []
     for item in items:
-        if zoo.is_zoo_name(item):  # torchvision:<name> or timm:<name>, wildcards expanded
-            try:
-                names += zoo.expand(item)
-            except zoo.ZooNameError as exc:
-                bad.append(str(exc))
-            continue
-        if not item.replace("_", "").replace("-", "").replace(".", "").isalnum():
-            bad.append(f"{item!r} is not a model name; valid: all, {', '.join(registry.models.names())}, "
-                       f"torchvision:<name>, timm:<name>")
-            continue
-        names.append(item)
+        try:  # torchvision:<name> or timm:<name> checked, wildcards expanded; any other name once collected
+            names += models.expand(item)
+        except registry.UnknownModelError as exc:
+            bad.append(str(exc))
     if bad:
         raise pytest.UsageError("--cnn-model: " + "; ".join(bad) if len(bad) == 1 else
                                 "--cnn-model:\n    " + "\n    ".join(bad))
@@ -283,8 +282,11 @@ def _threads(value: Any) -> tuple[Optional[int], tuple[int, ...]]:
     return _usage("cnn-threads", threads, value)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
+    """The options, validated (``parse_settings``). No defaults here: they are ``OPTIONS``'s, which the ini
+    twins and so ``_raw`` fall back to."""
+
     backends: tuple[str, ...]
     models: tuple[str, ...]
     dataset: Optional[str]
@@ -300,31 +302,34 @@ class Settings:
     max_rounds: int
     max_time: float
     download: bool
-    target_ci: float = 0.02
-    threads: Optional[int] = None  # None: probe per cell ("auto"), or a sweep
-    thread_sweep: tuple[int, ...] = ()  # --cnn-threads=1,2,4: one row per count (two or more)
-    profile: bool = False
-    reports: tuple[Path, ...] = ()
-    plot_path: Optional[Path] = None
-    compare_path: Optional[Path] = None
-    compare_rules: tuple[Any, ...] = ()  # compare.Rule
-    min_top1: tuple[tuple[str, float], ...] = ()  # (model, floor) pairs from cnn-min-top1
+    target_ci: float
+    threads: Optional[int]  # None: probe per cell ("auto"), or a sweep
+    thread_sweep: tuple[int, ...]  # --cnn-threads=1,2,4: one row per count (two or more)
+    profile: bool
+    reports: tuple[Path, ...]
+    plot_path: Optional[Path]
+    compare_path: Optional[Path]
+    compare_rules: tuple[Any, ...]  # compare.Rule
+    min_top1: tuple[tuple[str, float], ...]  # (model, floor) pairs from cnn-min-top1
     # The names --cnn-model listed (None: all). Names that are not registered may be param ids
     # of a user's cnn_model fixture: they are checked once collection has seen those.
-    model_names: Optional[tuple[str, ...]] = None
-    selfcheck: bool = False
-    require_accuracy: bool = False
-    calibration_method: str = "minmax"  # int8 calibration: minmax, entropy, percentile
-    calibration_images: int = 64  # int8: at most this many calibration images
-    calibration_dir: Optional[Path] = None  # int8: calibration images from this folder (ImageNet-style datasets)
-    calibration_split: Optional[str] = "auto"  # hold images apart for calibration: "auto", a count, None (off)
-    inductor_mode: str = "default"  # torch.compile mode of the inductor backend
-    min_time: float = 3.0  # the timed blocks span at least this long (capped by max_time)
-    strict: bool = False  # unstable cells fail
-    reprobe: bool = False  # ignore remembered thread counts and TorchScript variants
-    skip_bad_images: bool = False  # leave out missing/undecodable images (counted, warned) instead of failing
-    accuracy_budget: float = 1.0  # top-1 points a row may lose against eager fp32 to count for the fastest-within-budget line
-    lock_timeout: float = 900.0  # seconds a cell waits for the machine lock before it fails
+    model_names: Optional[tuple[str, ...]]
+    selfcheck: bool
+    require_accuracy: bool
+    calibration_method: str  # int8 calibration: minmax, entropy, percentile
+    calibration_images: int  # int8: at most this many calibration images
+    calibration_dir: Optional[Path]  # int8: calibration images from this folder (ImageNet-style datasets)
+    calibration_split: Optional[str]  # hold images apart for calibration: "auto", a count, None (off)
+    inductor_mode: str  # torch.compile mode of the inductor backend
+    min_time: float  # the timed blocks span at least this long (capped by max_time)
+    strict: bool  # unstable cells fail
+    reprobe: bool  # ignore remembered thread counts and TorchScript variants
+    skip_bad_images: bool  # leave out missing/undecodable images (counted, warned) instead of failing
+    accuracy_budget: float  # top-1 points a row may lose against eager fp32 to count for the fastest-within-budget line
+    lock_timeout: float  # seconds a cell waits for the machine lock before it fails
+    # The --cnn-compare file's document, loaded once at configure time (--cnn-json may name the same file
+    # and rewrite it as cells finish).
+    baseline: Optional[dict[str, Any]] = dataclasses.field(compare=False, repr=False)
 
 
 def _check_writable(path: Path, option: str) -> None:
@@ -367,17 +372,19 @@ def _plot_path(config: pytest.Config) -> Optional[Path]:
     return path
 
 
-def _compare(config: pytest.Config) -> tuple[Optional[Path], tuple[Any, ...]]:
+def _compare(config: pytest.Config) -> tuple[Optional[Path], tuple[Any, ...], Optional[dict[str, Any]]]:
+    """The --cnn-compare file, its rules and its document (loaded here, once)."""
     from . import compare
     from .results import load_json
 
     raw, rules_raw = _raw(config, "cnn-compare"), _raw(config, "cnn-compare-fail")
     path = Path(raw).expanduser() if raw else None
+    baseline = None
     if path is not None:
         if not path.is_file():
             raise pytest.UsageError(f"--cnn-compare: result file {path} does not exist")
         try:
-            load_json(path)
+            baseline = load_json(path)
         except ValueError as exc:
             raise pytest.UsageError(f"--cnn-compare: {exc}") from None
     rules: tuple[Any, ...] = ()
@@ -388,7 +395,7 @@ def _compare(config: pytest.Config) -> tuple[Optional[Path], tuple[Any, ...]]:
             raise pytest.UsageError(f"--cnn-compare-fail: {exc}") from None
         if path is None:
             raise pytest.UsageError("--cnn-compare-fail needs --cnn-compare BASELINE.json to compare with")
-    return path, rules
+    return path, rules, baseline
 
 
 class _Problems:
@@ -398,6 +405,8 @@ class _Problems:
         self.messages: list[str] = []
 
     def check(self, check: Any, *args: Any, default: Any = None) -> Any:
+        """``check(*args)``; on a usage error, note it and return ``default``: a stand-in of the right type
+        while the other options are checked (never a setting's value: the errors are raised first)."""
         try:
             return check(*args)
         except pytest.UsageError as exc:
@@ -481,7 +490,7 @@ def _weights(config: pytest.Config) -> str:
 
 
 def _min_top1(config: pytest.Config, model_names: Optional[tuple[str, ...]]) -> dict[str, float]:
-    zoo_names = [m for m in model_names or () if zoo.is_zoo_name(m)]
+    zoo_names = [m for m in model_names or () if models.source_of(m) in models.ZOOS]
     try:
         return parse_min_top1(_raw(config, "cnn-min-top1"), [*registry.models.names(), *zoo_names])
     except ValueError as exc:
@@ -497,11 +506,11 @@ def parse_settings(config: pytest.Config) -> Settings:
     device = check(_choice, _raw(config, "cnn-device"), "cnn-device", DEVICES, default="auto")
     dataset = check(_dataset, config)
     weights = check(_weights, config, default="pretrained")
-    compare_path, compare_rules = check(_compare, config, default=(None, ()))
+    compare_path, compare_rules, baseline = check(_compare, config, default=(None, (), None))
     no_download = bool(_raw(config, "cnn-no-download")) or os.environ.get("CNNBENCH_NO_DOWNLOAD", "") not in ("", "0")
     model_names = check(_model_names, _raw(config, "cnn-model"))
     min_top1 = check(_min_top1, config, model_names, default={})
-    zoo_models = tuple(m for m in model_names or () if zoo.is_zoo_name(m))
+    zoo_models = tuple(m for m in model_names or () if models.source_of(m) in models.ZOOS)
     threads = check(_threads, _raw(config, "cnn-threads"), default=(None, ()))
     settings = dict(
         backends=check(_names, _raw(config, "cnn-backend"), "cnn-backend", registry.backends.names(), default=()),
@@ -530,6 +539,7 @@ def parse_settings(config: pytest.Config) -> Settings:
         plot_path=check(_plot_path, config),
         compare_path=compare_path,
         compare_rules=compare_rules,
+        baseline=baseline,
         min_top1=tuple(min_top1.items()),
         calibration_method=check(_choice, _raw(config, "cnn-calibration"), "cnn-calibration", CALIBRATION_METHODS,
                                  default="minmax"),

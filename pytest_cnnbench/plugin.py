@@ -6,17 +6,15 @@ Importing this module must stay cheap: no torch, ONNX Runtime or TensorRT here.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
 import os
 from typing import Any, Optional, Sequence
 
 import pytest
 
-from . import options, progress, registry
+from . import models, options, progress, registry
 from .core import CellSpec, cnnbench_marker
 from .datasets.errors import DatasetError
-from .models import zoo
 from .options import Settings, add_options, parse_settings
 from .session import CnnBenchSession
 
@@ -220,14 +218,7 @@ def cells_for(settings: Settings, marker: dict[str, Any], model_fixture: Optiona
 
     With ``model_fixture`` (a user's ``cnn_model`` fixture feeds the test), the models are that
     fixture's params, so the cells span backends, precisions and batch sizes only."""
-    for name in _as_tuple(marker.get("models")):
-        if zoo.is_zoo_name(name):
-            try:
-                zoo.expand(name)
-            except zoo.ZooNameError as exc:
-                raise registry.UnknownNameError(str(exc)) from None
-        else:
-            registry.models.get(name)  # unknown names in a marker are errors too
+    marked = [models.resolve(name) for item in _as_tuple(marker.get("models")) for name in models.expand(item)]
     for name in _as_tuple(marker.get("backends")):
         registry.backends.get(name)
     backends = [b for b in settings.backends if not marker.get("backends") or b in _as_tuple(marker["backends"])]
@@ -243,27 +234,39 @@ def cells_for(settings: Settings, marker: dict[str, Any], model_fixture: Optiona
         return [CellSpec("", backend, int(batch_size), dataset, settings.device, precision, model_fixture, count)
                 for precision, batch_size, count, backend in itertools.product(settings.precisions, batch_sizes, threads,
                                                                               backends)]
-    models = _marker_models(settings, _as_tuple(marker.get("models")))
     cells = []
-    for model, precision, batch_size, count, backend in itertools.product(models, settings.precisions, batch_sizes,
-                                                                          threads, backends):
-        dataset = settings.dataset or marker.get("dataset") or zoo.model_entry(model).meta["dataset"]
+    for model, precision, batch_size, count, backend in itertools.product(
+            _marker_models(settings, _as_tuple(marker.get("models")), marked), settings.precisions, batch_sizes,
+            threads, backends):
+        dataset = settings.dataset or marker.get("dataset") or models.resolve(model).dataset
         cells.append(CellSpec(model, backend, int(batch_size), dataset, settings.device, precision,
                               threads_requested=count))
     return cells
 
 
-def _marker_models(settings: Settings, marked: tuple) -> list[str]:
+def _marker_models(settings: Settings, listed: tuple, marked: list[models.ModelRef]) -> list[str]:
     """The models of a test: the selected ones its marker lists (the default set), plus zoo models
     (torchvision:NAME, timm:NAME) named on the command line when the marker's models are evaluated on
-    the same dataset (so the ImageNet suite runs any ImageNet classifier named with --cnn-model)."""
-    if not marked:
+    the same dataset (so the ImageNet suite runs any ImageNet classifier named with --cnn-model).
+    ``listed``: the marker's names as written; ``marked``: what they resolved to (wildcards expanded)."""
+    if not listed:
         return list(settings.models)
-    datasets = {zoo.model_entry(m).meta["dataset"] for m in marked if not zoo.is_zoo_name(m)}
-    models = [m for m in settings.models if m in marked or (zoo.is_zoo_name(m) and zoo.DATASET in datasets)]
+    datasets = {ref.dataset for ref in marked if not ref.from_zoo}
+    selected = [m for m in settings.models
+                if m in listed or (models.source_of(m) in models.ZOOS and models.ZOO_DATASET in datasets)]
     if settings.model_names is None:  # --cnn-model=all: the zoo models a marker lists run too
-        models += [name for m in marked if zoo.is_zoo_name(m) for name in zoo.expand(m) if name not in models]
-    return models
+        selected += [ref.name for ref in marked if ref.from_zoo and ref.name not in selected]
+    return selected
+
+
+def _fixturedefs(item: pytest.Item, name: str) -> tuple[Any, ...]:
+    """The definitions of fixture ``name`` that ``item`` (a test, or ``metafunc.definition``) sees, innermost
+    last. pytest has no public API for them: ``Metafunc``, ``Item`` and ``FixtureRequest`` expose only fixture
+    names, and a user's ``cnn_model`` fixture's function, params and ids are needed before it runs. So the one
+    private attribute read is here: ``_fixtureinfo.name2fixturedefs`` (checked against pytest 9.2.0; the same
+    attribute and shape in pytest 8.x, which ``Metafunc._arg2fixturedefs`` is an alias of)."""
+    info = getattr(item, "_fixtureinfo", None)
+    return tuple(getattr(info, "name2fixturedefs", {}).get(name) or ())
 
 
 def _user_model_fixture(fixturedefs: Any, rootpath: Any) -> Optional[tuple[Any, str]]:
@@ -310,7 +313,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     settings = metafunc.config.stash[SETTINGS_KEY]
     marker = cnnbench_marker(metafunc.definition)
-    user = _user_model_fixture(metafunc._arg2fixturedefs.get("cnn_model"), metafunc.config.rootpath)
+    user = _user_model_fixture(_fixturedefs(metafunc.definition, "cnn_model"), metafunc.config.rootpath)
     try:
         cells = cells_for(settings, marker, user[1] if user else None)
     except registry.UnknownNameError as exc:
@@ -331,7 +334,7 @@ def _fixture_model_id(item: pytest.Item) -> Optional[str]:
         return None
     if "cnn_model" not in callspec.params:
         return ""
-    fixturedefs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {}).get("cnn_model") or ()
+    fixturedefs = _fixturedefs(item, "cnn_model")
     if not fixturedefs:
         return ""
     return fixture_param_id(fixturedefs[-1], callspec.indices["cnn_model"], callspec.params["cnn_model"])
@@ -360,14 +363,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 continue
         keep.append(item)
     if settings.model_names is not None and not unnamed_fixture_models:
-        unknown = [m for m in settings.model_names
-                   if m not in registry.models and m not in fixture_models and not zoo.is_zoo_name(m)]
+        # The last model-name check: only now are the params of users' cnn_model fixtures known.
+        unknown = []
+        for name in settings.model_names:
+            try:
+                models.resolve(name, fixture_models)
+            except registry.UnknownModelError:
+                unknown.append(name)
         if unknown:
-            valid = ["all", *registry.models.names(), *sorted(m for m in fixture_models if m)]
-            close = sorted({c for m in unknown for c in difflib.get_close_matches(m, valid, n=3, cutoff=0.6)})
-            hint = f" (close: {', '.join(close)})" if close else ""
-            raise pytest.UsageError(f"--cnn-model: unknown {', '.join(map(repr, unknown))}{hint}; valid: {', '.join(valid)}, "
-                                    "torchvision:<name>, timm:<name>")
+            raise pytest.UsageError(str(models.unknown(unknown, fixture_models, option="cnn-model")))
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
@@ -381,7 +385,7 @@ USER_ERRORS = {("pytest_cnnbench.models.fixture_model", "FixtureModelError")}  #
 
 
 def is_user_error(exc: BaseException) -> bool:
-    return isinstance(exc, (DatasetError, zoo.ZooNameError)) or (type(exc).__module__, type(exc).__name__) in USER_ERRORS
+    return isinstance(exc, (DatasetError, registry.UnknownModelError)) or (type(exc).__module__, type(exc).__name__) in USER_ERRORS
 
 
 @pytest.hookimpl(wrapper=True)
@@ -456,7 +460,9 @@ def _threads_unavailable(count: int, device: str) -> Optional[str]:
     """Why a thread sweep's count cannot run here: more threads than the cores this process may use."""
     if device != "cpu":
         return f"--cnn-threads={count}: thread counts are a CPU dimension (this cell runs on {device})"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from .environment import cpu_count
+
+    cores = cpu_count()
     if count > cores:
         return f"--cnn-threads={count}: this machine gives the process {cores} core{'s' * (cores != 1)}"
     return None

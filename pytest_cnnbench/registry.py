@@ -36,6 +36,12 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
+class UnknownModelError(UnknownNameError, ValueError):
+    """A model name that resolves to no model (``pytest_cnnbench.models.resolve``): not registered, not a
+    param of a user's ``cnn_model`` fixture, a bad ``torchvision:``/``timm:`` name, or not a name at all.
+    The message lists close matches and how to add a model."""
+
+
 class RegistrationError(ValueError):
     """A name registered a second time without ``replace=True``; the message names both places."""
 

@@ -36,13 +36,8 @@ class CnnBenchSession:
         self.rows: dict[str, dict[str, Any]] = {}  # nodeid -> result, in first-seen order
         self.is_worker = hasattr(config, "workerinput")
         self._environment: Optional[dict[str, Any]] = None
-        # Loaded now, at configure time: --cnn-json may name the same file and rewrite it as cells finish.
-        self.baseline: Optional[dict[str, Any]] = None
-        if settings.compare_path is not None and not self.is_worker:
-            try:
-                self.baseline = R.load_json(settings.compare_path)
-            except ValueError as exc:
-                raise pytest.UsageError(f"--cnn-compare: {exc}") from None
+        # Loaded by the options, at configure time (--cnn-json may name the same file and rewrite it).
+        self.baseline: Optional[dict[str, Any]] = None if self.is_worker else settings.baseline
         self.comparison: Any = None  # compare.Comparison, once the session finished
         self.load_at_start: Optional[dict[str, Any]] = None  # machine.Load.as_dict(), sampled before the first cell
         self.written: list[Path] = []  # reports and charts written at the end
@@ -126,7 +121,9 @@ class CnnBenchSession:
                 return [plain(v) for v in value]
             return value
 
-        return {k: plain(v) for k, v in dataclasses.asdict(self.settings).items()}
+        recorded = dataclasses.asdict(dataclasses.replace(self.settings, baseline=None))
+        del recorded["baseline"]  # a document, not an option: --cnn-compare's path is recorded
+        return {k: plain(v) for k, v in recorded.items()}
 
     def table_changes(self, results: list[dict[str, Any]]) -> Optional[list[Optional[dict[str, Any]]]]:
         """The change columns for ``results`` when they are this session's compared results."""

@@ -208,7 +208,10 @@ def session_spread(earlier: Sequence[float], prior_sd: float = SESSION_PRIOR_SD,
     return t975(prior_weight + dof) * math.sqrt(variance)
 
 
-def pace_spread(pace: Optional[float], tolerance: float = 0.10) -> float:
+PACE_TOLERANCE = 0.10  # a median pace probe within this of the usual: the machine's usual pace (the probe's own noise)
+
+
+def pace_spread(pace: Optional[float], tolerance: float = PACE_TOLERANCE) -> float:
     """The spread a p50 owes to the machine running off its usual pace: the pace's deviation
     (pace 1.6 -> 0.6) once beyond ``tolerance`` (the probe's own noise), else 0.
 
@@ -220,7 +223,7 @@ def pace_spread(pace: Optional[float], tolerance: float = 0.10) -> float:
     return deviation if deviation > tolerance else 0.0
 
 
-def at_usual_pace(pace: Optional[float], tolerance: float = 0.10) -> bool:
+def at_usual_pace(pace: Optional[float], tolerance: float = PACE_TOLERANCE) -> bool:
     """Whether a session may join the between-session history: its pace is known and within
     ``tolerance`` of the usual. A pace that could not be judged (no reference yet) vouches for
     nothing: one slow session in the history widens every later session's spread."""

@@ -24,7 +24,6 @@ BROKEN_MARK = "!"
 FALLBACK_MARK = "†"
 UNSTABLE_MARK = "?"  # in the ±ci column: the cell's own measurement was disturbed (latency_ms.stable is false)
 UNPAIRED_MARK = "~"  # a speedup from two p50s timed apart, not side by side (speedup.paired is false)
-PACE_TOLERANCE = 0.10  # as machine.PACE_TOLERANCE: a session this far off its usual pace is said to be
 # Precisions eager PyTorch has no path for on a device: their rows' speedup is over eager fp32.
 EAGER_LACKS = {("cpu", "fp16"), ("cpu", "int8"), ("cuda", "int8")}
 OVER_FP32_MARK = "‡"  # bf16 rows: speedup over eager fp32 (runner.OVER_EAGER_FP32), though eager runs bf16 too
@@ -118,7 +117,7 @@ def _speedup(entry: Optional[dict[str, Any]], r: dict[str, Any]) -> str:
 
 def session_verdict(results: list[dict[str, Any]]) -> Optional[str]:
     """One line for the whole session when it ran off the machine's usual pace, else None."""
-    from .stats import session_pace
+    from .stats import PACE_TOLERANCE, session_pace  # stats needs numpy: imported when a table is made
 
     pace = session_pace([(r.get("machine") or {}).get("pace") for r in results if r.get("latency_ms")])
     if pace is None or abs(pace - 1) <= PACE_TOLERANCE:

@@ -32,6 +32,7 @@ from typing import Any, Callable, Optional
 
 from . import progress
 from .machine import pace_probe
+from .options import default as option_default
 from .stats import LatencyStats, block_bootstrap_ci, latency_stats, median_ci, paired_speedup
 
 PILOT_CALLS = 30
@@ -57,12 +58,13 @@ def timed(call: Callable[[], Any]) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class TimingRules:
-    warmup: int = 10
-    min_rounds: int = 50
-    max_rounds: int = 5000
-    max_time: float = 5.0  # cap on the timed loop (calls and pauses), seconds
-    target_ci: float = 0.02  # enough rounds to pin the median within +-2% (within the session)
-    min_time: float = 3.0  # the timed blocks span at least this long (capped by max_time)
+    # Defaults: the options' (--cnn-warmup ...), written once, in options.OPTIONS.
+    warmup: int = option_default("cnn-warmup", int)
+    min_rounds: int = option_default("cnn-min-rounds", int)
+    max_rounds: int = option_default("cnn-max-rounds", int)
+    max_time: float = option_default("cnn-max-time", float)  # cap on the timed loop (calls and pauses), seconds
+    target_ci: float = option_default("cnn-target-ci", float)  # enough rounds to pin the median within this (within the session)
+    min_time: float = option_default("cnn-min-time", float)  # the timed blocks span at least this long (capped by max_time)
     blocks: int = BLOCKS
 
     def longer(self, factor: float = 2.0) -> "TimingRules":

@@ -22,7 +22,7 @@ from .cache import ArtifactCache, hash_parts
 from .core import BuiltModel, CellSpec, DatasetContext, ModelContext
 from .accuracy import evaluate
 from .datasets.errors import DatasetError
-from .models import zoo
+from . import models
 from .options import Settings
 
 ACCURACY_BATCH = 250  # large batches for the accuracy pass: it is not the timed part...
@@ -62,6 +62,15 @@ def reference_math(device: str) -> str:
 def scale_uint8(images: torch.Tensor) -> torch.Tensor:
     """Default preprocessing for bare modules: uint8 pixels to floats in [0, 1]."""
     return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+
+
+def wrap_bare_module(module: torch.nn.Module, weights_note: str, dataset: Optional[str]) -> BuiltModel:
+    """A bare module (from a registered factory or a user's ``cnn_model`` fixture) as a ``BuiltModel``:
+    the dataset's preprocessing for bare modules where it has one (ImageNet folders hold PIL images:
+    the standard resize/crop/normalize), else uint8 pixels scaled to [0, 1]."""
+    bare = registry.datasets.get(dataset).meta.get("bare_preprocess") if dataset in registry.datasets else None
+    preprocess, preprocess_id = bare() if bare is not None else (scale_uint8, "scale-uint8")
+    return BuiltModel(module, preprocess, "user", weights_note, preprocess_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +163,7 @@ class Workbench:
     # -- models -----------------------------------------------------------------------
     def registered_model(self, spec: CellSpec) -> CellModel:
         """The registry's model for ``spec`` (built once per process while it is the latest)."""
-        entry = zoo.model_entry(spec.model)  # torchvision:NAME / timm:NAME, else the registry's
+        entry = models.resolve(spec.model).entry  # the registry's, or torchvision:NAME / timm:NAME
         info = ModelInfo(spec.model, tuple(entry.meta["input_shape"]), int(entry.meta["num_classes"]))
 
         def make() -> CellModel:
@@ -167,7 +176,7 @@ class Workbench:
             )
             built = entry.factory(ctx)
             if not isinstance(built, BuiltModel):  # a bare nn.Module: weights as its factory made them
-                built = BuiltModel(built, scale_uint8, "user", "module returned by the factory", "scale-uint8")
+                built = wrap_bare_module(built, "module returned by the factory", spec.dataset)
             model = self._finish(built, spec, info)
             self.unclaimed_build_s += time.perf_counter() - started
             return model

@@ -182,3 +182,22 @@ def test_bench(cnnbench):
     strict = run(tiny_project, "--cnn-backend=eager", "--cnn-require-accuracy")
     strict.assert_outcomes(failed=1)
     assert "accuracy not asserted: synthetic data has no real labels (--cnn-require-accuracy)" in strict.stdout.str()
+
+
+def test_a_bare_module_is_wrapped_by_one_rule_for_factories_and_fixtures():
+    """workbench.wrap_bare_module: a bare nn.Module (a registered factory's or a cnn_model fixture's) gets its
+    dataset's preprocessing for bare modules (ImageNet folders hold PIL images), else uint8 scaled to [0, 1]."""
+    import torch
+    from PIL import Image
+
+    from pytest_cnnbench.workbench import scale_uint8, wrap_bare_module
+
+    module = torch.nn.Identity()
+    for dataset in ("mnist", "synthetic", None):
+        built = wrap_bare_module(module, "module from cnn_model", dataset)
+        assert (built.module, built.preprocess, built.preprocess_id, built.weights_kind, built.weights_note) == \
+            (module, scale_uint8, "scale-uint8", "user", "module from cnn_model")
+    on_imagenet = wrap_bare_module(module, "module returned by the factory", "imagenet")
+    assert on_imagenet.preprocess_id.startswith("torchvision ImageClassification(")
+    image = on_imagenet.preprocess(Image.new("RGB", (300, 280), (255, 0, 0)))
+    assert tuple(image.shape) == (3, 224, 224) and image[0].mean() > 2  # resized, cropped and normalized

@@ -107,3 +107,22 @@ def test_speedup_rule_needs_a_drop_past_the_threshold_and_outside_both_intervals
     unknown = speedup_pair(1.0, 2.0, None, 0.01)  # type: ignore[arg-type]  (an infinite interval is null in JSON)
     assert unknown.checked == {"speedup": 0} and unknown.failed
     assert "without a speedup interval in both runs" in unknown.rule_lines()[0]
+
+
+def test_the_baseline_is_loaded_once_at_configure_and_not_recorded_among_the_options(pytester: pytest.Pytester):
+    """--cnn-compare's file is read once, by the options (so a bad one is a usage error before anything runs);
+    the session compares with that same document, and the JSON's options record its path, not its content."""
+    import json
+    from pathlib import Path
+
+    from pytest_cnnbench.plugin import SESSION_KEY, SETTINGS_KEY
+
+    saved = Path(__file__).parent / "data" / "lenet_results.json"
+    baseline = pytester.path / "baseline.json"
+    baseline.write_text(saved.read_text())
+    config = pytester.parseconfigure(f"--cnn-compare={baseline}", "--cnn-compare-fail=p50:10%")
+    settings, session = config.stash[SETTINGS_KEY], config.stash[SESSION_KEY]
+    assert settings.baseline == R.load_json(baseline) and session.baseline is settings.baseline
+    options = session.options()
+    assert "baseline" not in options and options["compare_path"] == str(baseline)
+    json.dumps(options)  # plain values, as the JSON writes them

@@ -124,3 +124,31 @@ def test_every_builtin_names_a_function_that_exists():
         for name, (target, _) in table.items():
             factory = registry.resolve(target)
             assert callable(factory) and not isinstance(factory, type(pytest)), (kind, name, target)
+
+
+def test_resolve_is_the_one_path_from_a_model_name_to_a_model():
+    """models.resolve: a registered name, a zoo name or a fixture's param becomes one typed record; an
+    unknown name is one UnknownModelError with close matches and how to add a model."""
+    from pytest_cnnbench import models
+
+    lenet = models.resolve("lenet")
+    assert (lenet.name, lenet.source, lenet.dataset) == ("lenet", "registry", "mnist")
+    assert lenet.entry is registry.models.get("lenet")
+    own = models.resolve("small", fixture_params={"small", "wide"})
+    assert (own.source, own.entry, own.dataset) == ("fixture", None, None)
+    zoo = models.resolve("torchvision:resnet18")
+    assert (zoo.source, zoo.from_zoo, zoo.dataset) == ("torchvision", True, "imagenet")
+    assert zoo.entry.meta["input_shape"] == (3, 224, 224)
+    with pytest.raises(registry.UnknownModelError,
+                       match=r"^unknown model 'lenett' \(close: .*lenet.*\); valid models: lenet, .*, torchvision:<name>, "
+                             r"timm:<name>; add a model with @pytest_cnnbench.register_model"):
+        models.resolve("lenett")
+    with pytest.raises(registry.UnknownModelError, match="'smal' .*close: small"):
+        models.resolve("smal", fixture_params={"small"})
+    with pytest.raises(registry.UnknownModelError, match="a wildcard, not one model"):
+        models.resolve("torchvision:resnet*")
+    with pytest.raises(registry.UnknownModelError, match="is not a torchvision classification model"):
+        models.resolve("torchvision:resnet_18")  # the zoo's own message, through the same error type
+    assert models.expand("torchvision:resnet1*") == ["torchvision:resnet101", "torchvision:resnet152", "torchvision:resnet18"]
+    with pytest.raises(registry.UnknownModelError, match="'le net' is not a model name"):
+        models.expand("le net")

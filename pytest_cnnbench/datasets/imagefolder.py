@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -226,11 +225,9 @@ def decode_rgb(path: Path) -> Any:
 
 
 def decode_workers() -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
+    from ..environment import cpu_count
+
+    return max(1, min(8, cpu_count()))
 
 
 class ImageFolderDataset:

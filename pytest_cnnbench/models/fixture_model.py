@@ -9,7 +9,7 @@ import torch
 
 from .. import registry
 from ..core import BuiltModel, CellSpec
-from ..workbench import ModelInfo, scale_uint8
+from ..workbench import ModelInfo, wrap_bare_module
 
 
 class FixtureModelError(Exception):
@@ -20,25 +20,19 @@ def check_fixture_model(value: Any, spec: CellSpec, marker: dict[str, Any]) -> t
     """Turn what a user's ``cnn_model`` fixture returned into a model and its shapes, or say
     clearly why it cannot be benchmarked (naming the fixture and the dataset options)."""
     where = f"{spec.model_fixture} (param {spec.model!r})" if spec.model else str(spec.model_fixture)
-    if isinstance(value, BuiltModel):
-        built = value
-    elif isinstance(value, torch.nn.Module):
-        built = BuiltModel(value, scale_uint8, "user", f"module from {spec.model_fixture}", "scale-uint8")
-    else:
+    if not isinstance(value, (BuiltModel, torch.nn.Module)):
         raise FixtureModelError(f"{where} returned {type(value).__name__}, not a torch.nn.Module or a "
                                 "pytest_cnnbench.BuiltModel; return the model to benchmark")
-    if not isinstance(built.module, torch.nn.Module):
-        raise FixtureModelError(f"{where} returned a BuiltModel whose module is a {type(built.module).__name__}, "
+    if isinstance(value, BuiltModel) and not isinstance(value.module, torch.nn.Module):
+        raise FixtureModelError(f"{where} returned a BuiltModel whose module is a {type(value.module).__name__}, "
                                 "not a torch.nn.Module")
     if not spec.dataset:
         raise FixtureModelError(
             f"{where}: no dataset to feed the model: mark the test with @pytest.mark.cnnbench(dataset=...) or run with "
             f"--cnn-dataset=...; datasets: {', '.join(registry.datasets.names())}")
     dataset_meta = registry.datasets.get(spec.dataset).meta
-    if not isinstance(value, BuiltModel) and dataset_meta.get("bare_preprocess") is not None:
-        # e.g. ImageNet folders hold PIL images: a bare module gets the standard resize/crop/normalize.
-        preprocess, preprocess_id = dataset_meta["bare_preprocess"]()
-        built = BuiltModel(built.module, preprocess, "user", built.weights_note, preprocess_id)
+    built = value if isinstance(value, BuiltModel) else wrap_bare_module(value, f"module from {spec.model_fixture}",
+                                                                         spec.dataset)
     input_shape = built.input_shape or marker.get("input_shape") or dataset_meta.get("input_shape")
     if not input_shape:
         raise FixtureModelError(

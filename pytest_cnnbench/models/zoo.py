@@ -30,6 +30,8 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from ..registry import UnknownModelError
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..core import BuiltModel, ModelContext
 
@@ -40,7 +42,7 @@ DATASET = "imagenet"
 TIMM_RESULTS = "results-imagenet.csv"
 
 
-class ZooNameError(ValueError):
+class ZooNameError(UnknownModelError):
     """A zoo name that does not name a model (the message lists close matches), or a zoo that is not installed."""
 
 
@@ -128,14 +130,19 @@ def expand(item: str) -> list[str]:
     return [f"{zoo}:{pattern}"]
 
 
+def check_one(name: str) -> None:
+    """A ZooNameError unless ``name`` is one model of a zoo (not a wildcard)."""
+    if any(c in split(name)[1] for c in "*?["):
+        raise ZooNameError(f"{name!r}: a wildcard, not one model")
+    expand(name)  # a ZooNameError (close matches) for a bad name
+
+
 # -- entries ----------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def entry(name: str) -> ZooEntry:
     """The zoo model's metadata (no model is built): dataset, input shape, classes, preprocessing summary."""
+    check_one(name)
     zoo, arch = split(name)
-    if any(c in arch for c in "*?["):
-        raise ZooNameError(f"{name!r}: a wildcard, not one model")
-    expand(name)  # a ZooNameError for a bad name
     if zoo == "torchvision":
         from .torchvision_models import default_weights
 
@@ -149,15 +156,6 @@ def entry(name: str) -> ZooEntry:
                 num_classes=cfg.num_classes if cfg is not None else NUM_CLASSES,
                 description=f"{arch} from timm (pretrained config: {_timm_weights_id(arch)})", zoo=zoo, arch=arch)
     return ZooEntry(name, functools.partial(build_timm, arch=arch), meta)
-
-
-def model_entry(name: str) -> Any:
-    """A zoo entry for a zoo name, else the registry's entry (registry.UnknownNameError for unknown names)."""
-    if is_zoo_name(name):
-        return entry(name)
-    from .. import registry
-
-    return registry.models.get(name)
 
 
 # -- published top-1 --------------------------------------------------------------------

@@ -53,18 +53,11 @@ def report_sections(config: Optional[pytest.Config], results: Sequence[dict[str,
     """The ``(title, html)`` sections plugins add to the HTML page (``pytest_cnnbench_report_sections``).
     Without a pytest run (``config`` None: the report command line), the bundled sub-plugins answer alone."""
     if config is not None:
-        hook = config.hook
-    else:
-        import pluggy
-
-        from . import hookspecs
-
-        manager = pluggy.PluginManager("pytest")
-        manager.add_hookspecs(hookspecs)
-        for name, plugin in sub_plugins().items():
-            manager.register(plugin, name)
-        hook = manager.hook
-    found = hook.pytest_cnnbench_report_sections(config=config, results=list(results))
+        found = config.hook.pytest_cnnbench_report_sections(config=config, results=list(results))
+    else:  # in hook order: the last registered first
+        found = [plugin.pytest_cnnbench_report_sections(config=None, results=list(results))
+                 for plugin in reversed(list(sub_plugins().values()))
+                 if hasattr(plugin, "pytest_cnnbench_report_sections")]
     return [section for sections in found for section in sections or ()]
 
 

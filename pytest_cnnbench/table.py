@@ -42,10 +42,9 @@ def _key(r: dict[str, Any], precision: Optional[str] = None) -> tuple:
     return cell_key({**r, "test_name": test_name(r)}, backend="eager", precision=precision or r.get("precision"))
 
 
-def _reference_key(r: dict[str, Any]) -> Optional[tuple]:
-    """The key of the eager row this row is measured against (``reference_rule``); None for eager fp32."""
-    precision = reference_precision(r["backend"], r.get("device"), r.get("precision"))
-    return None if precision is None else _key(r, precision)
+def _reference_key(r: dict[str, Any]) -> tuple:
+    """The key of the eager row this row is measured against (``reference_rule``; eager fp32's own)."""
+    return _key(r, reference_precision(r["backend"], r.get("device"), r.get("precision")))
 
 
 def speedups(results: list[dict[str, Any]]) -> list[Optional[dict[str, Any]]]:
@@ -68,8 +67,7 @@ def speedups(results: list[dict[str, Any]]) -> list[Optional[dict[str, Any]]]:
         if given and given.get("value"):
             out.append(given)
             continue
-        key = _reference_key(r)
-        base = eager.get(key) if key is not None else None
+        base = eager.get(_reference_key(r))
         lat = r.get("latency_ms")
         if base and lat and lat.get("p50"):
             b = base["latency_ms"]
@@ -90,8 +88,7 @@ def eager_ran_otherwise(results: list[dict[str, Any]]) -> list[str]:
         threads = given.get("threads")
         if r["backend"] == "eager" or not threads:
             continue
-        key = _reference_key(r)
-        base = eager.get(key) if key is not None else None
+        base = eager.get(_reference_key(r))
         if base is not None and base.get("threads") and base["threads"] != threads:
             out.append(f"{cell_label(r)} (eager at {threads}, its row at {base['threads']})")
     return out

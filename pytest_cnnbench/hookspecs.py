@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
@@ -34,10 +34,24 @@ def pytest_cnnbench_update_json(config: pytest.Config, document: dict[str, Any])
 
 def pytest_cnnbench_cell_measured(cell: Any, prepared: Any, result: Any) -> None:
     """Called once per cell after its measurement, while its prepared backend is still open and no
-    timing lock is held: ``cell`` is the ``cnnbench`` fixture's runner (spec, model, workbench, item),
-    ``prepared`` the backend's prepared model (``artifact_path`` where it has a file on disk), ``result``
-    the cell's ``CellResult`` (``result["key"] = ...`` adds a field to its row). Sub-plugins such as the
-    cold start (``coldstart/``) measure more of the cell here."""
+    timing lock is held: ``cell`` is the ``cnnbench`` fixture's runner (spec, model, workbench, item,
+    ``inputs``: the cell's images, labels and batch; ``lock``: the machine's timing lock), ``prepared``
+    the backend's prepared model (``artifact_path`` where it has a file on disk), ``result`` the cell's
+    ``CellResult`` (``result["key"] = ...`` adds a field to its row; ``result.latency_ms`` is None when
+    timing is off). Sub-plugins such as the cold start (``coldstart/``) and LoadGen's scenarios
+    (``mlperf/``) measure more of the cell here; one that times takes ``cell.lock.exclusive()`` itself."""
+
+
+def pytest_cnnbench_check_options(config: pytest.Config) -> list[str]:
+    """Read and check a sub-plugin's own options (keeping what it needs in ``config.stash``), while the
+    core checks its own: return the problems, one message each, and one usage error names them all."""
+
+
+def pytest_cnnbench_report_sections(config: Optional[pytest.Config],
+                                    results: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Sections to add to the HTML page and pytest-html's summary, under the table: a list of
+    ``(title, html)``, empty when there is nothing to show. ``config`` is None when the report command
+    line (``python -m pytest_cnnbench.report``) writes the page outside a pytest run."""
 
 
 def pytest_cnnbench_result(config: pytest.Config, result: dict[str, Any]) -> None:

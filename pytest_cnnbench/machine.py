@@ -5,9 +5,8 @@ Read through psutil. No torch here: the session reads it before any cell runs.
 The *pace* is how long a fixed pure-Python loop takes right now (``pace_probe``). On a
 shared machine whole stretches of seconds run 1.5-2x slower for every process alike (the
 other hardware thread of the core, or another guest on the host, is busy; the kernel
-inside the guest sees no steal time and no load of its own). Measured here, LeNet's calls
-and this loop slowed together: interleaved every 2 ms, the logs of their 50-ms medians
-correlated at 0.96 (eager) and 0.98 (ONNX Runtime). The timed loop runs the probe before
+inside the guest sees no steal time and no load of its own), and a model's calls slow with
+this loop (docs/measurement.md, "the machine's pace"). The timed loop runs the probe before
 each chunk of calls, so a cell knows whether it ran at the machine's usual pace
 (``PaceReference``: the 10th percentile of the probes this process and earlier sessions saw).
 
@@ -160,8 +159,7 @@ def pace_probe() -> float:
     """Seconds for a fixed pure-Python loop: the machine's pace right now (longer when it is slowed).
 
     The loop runs three times and the faster of the last two counts: the first run pays for
-    whatever ran before (measured here: 22-28 us after a model call or a sleep, 19.6-20.6 us
-    for the next runs whatever came before)."""
+    whatever ran before (docs/measurement.md)."""
     _pace_loop()
     return min(_pace_loop(), _pace_loop())
 
@@ -226,9 +224,9 @@ def disturbance(load: dict[str, Any]) -> Optional[str]:
     processes took the CPUs during it, or the hypervisor stole time.
 
     The machine's pace is not judged per cell: a session that ran slow throughout is said once
-    for the session, and the host's own slow stretches of a few seconds (measured here: one
-    cell at 1.0x, the next at 1.5x, with nothing inside the machine busy) are the session's
-    state, which every cell's pace term already states in its ``±ci``."""
+    for the session, and the host's own slow stretches of a few seconds are the session's
+    state, which every cell's pace term already states in its ``±ci`` (docs/measurement.md,
+    "Disturbed cells")."""
     return "; ".join(busy_reasons(load)) or None
 
 

@@ -87,39 +87,6 @@ FLAGS = {"cnn-no-download", "cnn-profile", "cnn-selfcheck", "cnn-require-accurac
          "cnn-skip-bad-images"}
 MULTI = {"cnn-report"}  # may be given several times
 
-# -- MLPerf LoadGen scenarios (pytest_cnnbench/mlperf; issue 19) -----------------------------
-OPTIONS.update({
-    "cnn-scenario": ("also run MLPerf Inference scenarios through LoadGen on every cell: comma list of single-stream, "
-                     "multi-stream, offline, server, or 'all' (needs pytest-cnnbench[mlperf])", None),
-    "cnn-server-qps": ("server scenario: the Poisson arrival rate, queries/s (default: search the highest rate that "
-                       "meets the latency bound)", None),
-    "cnn-server-latency-ms": ("server scenario: the p99 latency bound, ms (default: mlperf.conf's, 15 for resnet50; "
-                              "other models need it)", None),
-    "cnn-scenario-seconds": ("minimum duration of each short LoadGen run, seconds (at least the queries early stopping "
-                             "needs also run)", "3"),
-    "cnn-scenario-timeout": ("kill a LoadGen test (and fail the cell) after this many seconds (default: 3x its expected "
-                             "duration + 20 s)", None),
-    "cnn-mlperf-official": ("LoadGen scenarios with mlperf.conf's durations and counts (600 s each) instead of short runs", None),
-})
-FLAGS.add("cnn-mlperf-official")
-
-
-def _mlperf(config: pytest.Config) -> Any:
-    from .mlperf.settings import ScenarioError, ScenarioOptions, parse_positive, parse_scenarios, parse_server_qps
-
-    try:
-        return ScenarioOptions(
-            scenarios=parse_scenarios(_raw(config, "cnn-scenario")),
-            server_qps=parse_server_qps(_raw(config, "cnn-server-qps"), bool(_raw(config, "cnn-mlperf-official"))),
-            server_latency_ms=parse_positive(_raw(config, "cnn-server-latency-ms"), "cnn-server-latency-ms"),
-            seconds=parse_positive(_raw(config, "cnn-scenario-seconds"), "cnn-scenario-seconds") or 3.0,
-            timeout_s=parse_positive(_raw(config, "cnn-scenario-timeout"), "cnn-scenario-timeout"),
-            official=bool(_raw(config, "cnn-mlperf-official")),
-        )
-    except ScenarioError as exc:
-        raise pytest.UsageError(str(exc)) from None
-# -- end of MLPerf LoadGen scenarios -----------------------------------------------------------
-
 
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("cnnbench", "CNN inference benchmarking (pytest-cnnbench)")
@@ -356,7 +323,6 @@ class Settings:
     strict: bool = False  # unstable cells fail
     reprobe: bool = False  # ignore remembered thread counts and TorchScript variants
     skip_bad_images: bool = False  # leave out missing/undecodable images (counted, warned) instead of failing
-    mlperf: Any = None  # mlperf.settings.ScenarioOptions: LoadGen scenarios (--cnn-scenario...)
     accuracy_budget: float = 1.0  # top-1 points a row may lose against eager fp32 to count for the fastest-within-budget line
     lock_timeout: float = 900.0  # seconds a cell waits for the machine lock before it fails
 
@@ -576,7 +542,6 @@ def parse_settings(config: pytest.Config) -> Settings:
         strict=bool(_raw(config, "cnn-strict")),
         reprobe=bool(_raw(config, "cnn-reprobe")),
         skip_bad_images=bool(_raw(config, "cnn-skip-bad-images")),
-        mlperf=check(_mlperf, config),  # MLPerf LoadGen scenarios
         accuracy_budget=check(_positive_number, _raw(config, "cnn-accuracy-budget"), "cnn-accuracy-budget", float,
                               default=1.0),
         lock_timeout=check(_positive_number, _raw(config, "cnn-lock-timeout"), "cnn-lock-timeout", float,
@@ -584,5 +549,7 @@ def parse_settings(config: pytest.Config) -> Settings:
     )
     check(_rounds, settings["min_rounds"] if _raw(config, "cnn-min-rounds") else None,
           settings["max_rounds"] if _raw(config, "cnn-max-rounds") else None)
+    for messages in config.hook.pytest_cnnbench_check_options(config=config):  # sub-plugins' own options
+        problems.messages.extend(messages)
     problems.raise_any()
     return Settings(**settings)

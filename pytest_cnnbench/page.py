@@ -161,16 +161,19 @@ def under_table(results: Sequence[dict[str, Any]]) -> str:
     return out
 
 
-def scenario_section(results: Sequence[dict[str, Any]]) -> str:
-    """The MLPerf LoadGen scenario table, when scenarios ran; "" otherwise."""
-    from .mlperf.table import format_scenario_table
+def notes_list(lines: Sequence[str]) -> str:
+    """Lines as the page's list of notes, for the sections plugins add (``extra_sections``)."""
+    return _lines(lines)
 
-    text = format_scenario_table(list(results), tablefmt="html")
-    if not text:
-        return ""
-    note, _, body = text.partition("<table>")
-    return ("<h2>Deployment scenarios (MLPerf LoadGen)</h2>" + _lines(note.strip().splitlines())
-            + '<div class="scroll"><table>' + body + "</div>")
+
+def extra_sections(results: Sequence[dict[str, Any]], sections: Optional[Sequence[tuple[str, str]]] = None) -> str:
+    """The ``(title, html)`` sections plugins add under the table (``pytest_cnnbench_report_sections``),
+    e.g. the LoadGen scenario table; None: ask the bundled sub-plugins (no pytest run at hand)."""
+    if sections is None:
+        from .plugin import report_sections
+
+        sections = report_sections(None, results)
+    return "".join(f"<h2>{_esc(title)}</h2>{body}" for title, body in sections)
 
 
 def comparison_section(comparison: Any) -> str:
@@ -218,23 +221,26 @@ def environment_section(environment: dict[str, Any]) -> str:
     return "<h2>Environment</h2><ul>" + "".join(items) + "</ul>"
 
 
-def summary(results: Sequence[dict[str, Any]], comparison: Any = None, with_charts: bool = True) -> str:
-    """What pytest-html's summary gets: the table, the lines under it, the comparison, the scenario table
-    and the charts, in one ``<div class="cnnbench">`` (static: pytest-html has its own script)."""
+def summary(results: Sequence[dict[str, Any]], comparison: Any = None, with_charts: bool = True,
+            sections: Optional[Sequence[tuple[str, str]]] = None) -> str:
+    """What pytest-html's summary gets: the table, the lines under it, the comparison, the plugins'
+    sections (``extra_sections``: the scenario table) and the charts, in one ``<div class="cnnbench">``
+    (static: pytest-html has its own script)."""
     results = list(results)
     changes = comparison.table_changes() if comparison is not None else None
     parts = ['<div class="cnnbench"><style>', STYLE, "</style><h2>cnnbench results</h2>",
              '<div class="scroll" id="cnn-table">', results_table(results, changes), "</div>",
              under_table(results),
-             comparison_section(comparison), scenario_section(results)]
+             comparison_section(comparison), extra_sections(results, sections)]
     if with_charts:
         parts += ["<h2>Latency and accuracy by model</h2>", charts(results)]
     return "".join(parts) + "</div>"
 
 
 def page(results: Sequence[dict[str, Any]], environment: dict[str, Any], comparison: Any = None,
-         title: str = TITLE) -> str:
-    """The standalone page: everything inline, sortable and filterable table, charts, environment."""
+         title: str = TITLE, sections: Optional[Sequence[tuple[str, str]]] = None) -> str:
+    """The standalone page: everything inline, sortable and filterable table, charts, environment;
+    ``sections`` as ``extra_sections`` takes them."""
     from .report import machine, MERGED
 
     results = list(results)
@@ -255,7 +261,7 @@ def page(results: Sequence[dict[str, Any]], environment: dict[str, Any], compari
         '<span id="cnn-shown"></span></div>',
         '<div class="scroll" id="cnn-table">', results_table(results, changes), "</div>",
         under_table(results),
-        comparison_section(comparison), scenario_section(results),
+        comparison_section(comparison), extra_sections(results, sections),
         "<h2>Latency and accuracy by model</h2>",
         "<p>Per model, left: p50 latency per batch by backend (bar, with its 95% interval), p90 (black tick) and "
         "p99 (red triangle); right: top-1 accuracy against p50 latency, one point per cell.</p>",

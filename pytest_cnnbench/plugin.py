@@ -9,7 +9,7 @@ import dataclasses
 import difflib
 import itertools
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import pytest
 
@@ -38,9 +38,36 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     from . import hookspecs
 
     pluginmanager.add_hookspecs(hookspecs)
-    from .coldstart import plugin as coldstart  # sub-plugin: its options always parse; it acts when selected
+    for name, plugin in sub_plugins().items():
+        pluginmanager.register(plugin, name)
 
-    pluginmanager.register(coldstart, "cnnbench-coldstart")
+
+def sub_plugins() -> dict[str, Any]:
+    """The bundled sub-plugins by name: always registered, so their options parse; each acts when selected.
+    pluggy calls the last registered first: LoadGen's scenarios run on a cell before its cold start."""
+    from .coldstart import plugin as coldstart
+    from .mlperf import plugin as loadgen
+
+    return {"cnnbench-coldstart": coldstart, "cnnbench-loadgen": loadgen}
+
+
+def report_sections(config: Optional[pytest.Config], results: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The ``(title, html)`` sections plugins add to the HTML page (``pytest_cnnbench_report_sections``).
+    Without a pytest run (``config`` None: the report command line), the bundled sub-plugins answer alone."""
+    if config is not None:
+        hook = config.hook
+    else:
+        import pluggy
+
+        from . import hookspecs
+
+        manager = pluggy.PluginManager("pytest")
+        manager.add_hookspecs(hookspecs)
+        for name, plugin in sub_plugins().items():
+            manager.register(plugin, name)
+        hook = manager.hook
+    found = hook.pytest_cnnbench_report_sections(config=config, results=list(results))
+    return [section for sections in found for section in sections or ()]
 
 
 @pytest.hookimpl(wrapper=True)

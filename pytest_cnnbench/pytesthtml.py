@@ -1,7 +1,7 @@
 """pytest-html integration: the comparison in the report users already produce with ``--html``.
 
 A sub-plugin, registered by plugin.py only when pytest-html is loaded (its hooks exist only then):
-the summary gets the table, the lines under it, the comparison, the scenario table and the charts
+the summary gets the table, the lines under it, the comparison, the plugins' sections (hookspecs.py) and the charts
 (page.py's pieces); each cell's test row gets its p50, speedup, top-1 and status, the p50 linking to
 the cell's row in that table, and its whole result record as a JSON link. Figures come from each report's ``user_properties`` (as the table's
 do), so they arrive under pytest-xdist too.
@@ -63,5 +63,8 @@ class PytestHtmlExtras:
         if not self.session.rows:
             return
         from .page import summary as cnnbench_summary
+        from .plugin import report_sections
 
-        summary.append(cnnbench_summary(self.session.results, self.session.comparison))
+        results = self.session.results
+        summary.append(cnnbench_summary(results, self.session.comparison,
+                                        sections=report_sections(self.session.config, results)))

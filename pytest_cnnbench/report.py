@@ -206,10 +206,11 @@ def write_json(path: Path, results: Sequence[dict[str, Any]], environment: dict[
     R.write_json(path, results, environment)  # the --cnn-json format; comparisons are not stored
 
 
-def write_html(path: Path, results: Sequence[dict[str, Any]], environment: dict[str, Any], comparison: Any = None) -> None:
+def write_html(path: Path, results: Sequence[dict[str, Any]], environment: dict[str, Any], comparison: Any = None,
+               sections: Optional[Sequence[tuple[str, str]]] = None) -> None:
     from .page import page  # the standalone page: table, charts, comparison, environment in one file
 
-    write_output(path, page(results, environment, comparison).encode("utf-8"))
+    write_output(path, page(results, environment, comparison, sections=sections).encode("utf-8"))
 
 
 WRITERS: dict[str, Callable[..., None]] = {".md": write_markdown, ".csv": write_csv, ".json": write_json,
@@ -217,14 +218,18 @@ WRITERS: dict[str, Callable[..., None]] = {".md": write_markdown, ".csv": write_
 
 
 def write_reports(paths: Iterable[Path], results: Sequence[dict[str, Any]], environment: dict[str, Any],
-                  comparison: Any = None) -> list[Path]:
-    """Write each path with the writer its extension picks; returns the paths written."""
+                  comparison: Any = None, sections: Optional[Sequence[tuple[str, str]]] = None) -> list[Path]:
+    """Write each path with the writer its extension picks; returns the paths written. ``sections``: the
+    plugins' sections for the HTML page (``page.extra_sections``)."""
     written = []
     for path in paths:
         writer = WRITERS.get(Path(path).suffix.lower())
         if writer is None:
             raise ValueError(f"{path}: no report format for this extension; valid: {', '.join(WRITERS)}")
-        writer(Path(path), list(results), environment, comparison)
+        if writer is write_html:
+            write_html(Path(path), list(results), environment, comparison, sections)
+        else:
+            writer(Path(path), list(results), environment, comparison)
         written.append(Path(path))
     return written
 

@@ -158,8 +158,9 @@ class CellResult:
     reason: Optional[str] = None
     test: Optional[str] = None
     test_name: Optional[str] = None  # the test function and its own parameters, without the cell
-    scenarios: Optional[dict[str, Any]] = None  # --cnn-scenario: MLPerf LoadGen's figures per scenario (mlperf/)
-    loadgen: Optional[dict[str, Any]] = None  # LoadGen's accuracy pass, its measured overhead, skips, failures, notes
+    # Set by a sub-plugin through ``pytest_cnnbench_cell_measured`` (--cnn-scenario); declared so every row has them.
+    scenarios: Optional[dict[str, Any]] = None  # deployment scenarios' figures, by scenario
+    loadgen: Optional[dict[str, Any]] = None  # how the scenarios ran: accuracy pass, overhead, skip, failures, notes
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # keys an extension adds
 
     @classmethod

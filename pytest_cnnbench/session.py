@@ -189,9 +189,11 @@ class CnnBenchSession:
     def _write_outputs(self, session: pytest.Session) -> None:
         """--cnn-report files and the --cnn-plot chart; a failure is reported, not raised."""
         from . import report
+        from .plugin import report_sections
 
         outputs: list[tuple[Path, Any]] = [
-            (path, lambda p: report.write_reports([p], self.results, self.environment(), self.comparison))
+            (path, lambda p: report.write_reports([p], self.results, self.environment(), self.comparison,
+                                                  sections=report_sections(self.config, self.results)))
             for path in self.settings.reports
         ]
         if self.settings.plot_path is not None and self.rows:
@@ -214,10 +216,6 @@ class CnnBenchSession:
         tr.write_sep("=", "cnnbench results")
         tr.write_line(format_environment(self.environment()))
         tr.write_line(self.config.hook.pytest_cnnbench_format_table(config=self.config, results=self.results))
-        from .mlperf.table import format_scenario_table  # MLPerf LoadGen scenarios, under the main table
-        scenario_table = format_scenario_table(self.results)
-        if scenario_table:
-            tr.write_line(scenario_table)
         json_failed = any(e.startswith(f"{self.settings.json_path}: ") for e in self.output_errors)
         if self.partial_json is not None and not any(e.startswith(f"{self.partial_json}: ") for e in self.output_errors):
             tr.write_line(f"cnnbench: run interrupted: {self.settings.json_path} (the --cnn-compare baseline) is left "

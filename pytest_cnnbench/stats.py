@@ -21,13 +21,13 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from .verdicts import own_spread_reason
+
 UNSTABLE_CI = 0.10  # a within-session spread above this (as pyperf's "may be unstable" at 10%) flags the cell
 BOOTSTRAP_RESAMPLES = 1000
 # Between sessions: the prior for the standard deviation of log(p50) from session to session, and
-# its weight in sessions. Measured on the shared 2-core machine this was built on: LeNet at batch
-# size 1 on one thread, 8 separate processes each, sd 0.5% (eager), 1.1% (TorchScript), 1.1% (ONNX
-# Runtime), while 8-second windows within one process varied 0.07-0.4%. The same prior serves the
-# paired speedups: AlexNet TorchScript/eager in three sessions gave 0.962, 0.958, 0.974 (sd 0.8%).
+# its weight in sessions; the same prior serves the paired speedups. The measurements behind 1% are
+# in docs/measurement.md ("Spread", "Paired speedup").
 SESSION_PRIOR_SD = 0.01
 SESSION_PRIOR_WEIGHT = 4
 SESSION_HISTORY = 20  # earlier sessions kept per cell and configuration
@@ -79,7 +79,7 @@ class LatencyStats:
         within = self.ci95_within if self.ci95_within is not None else self.ci95_rel
         total = math.sqrt(within ** 2 + half_width ** 2 + pace_term ** 2)
         if own_spread(within, host_moved_it):
-            spread = f"its own calls spread ±{within:.1%} (> {UNSTABLE_CI:.0%})"
+            spread = own_spread_reason(within, UNSTABLE_CI)
             disturbed = f"{spread}; {disturbed}" if disturbed else spread
         return dataclasses.replace(self, ci95_rel=total, ci95_sessions=half_width, sessions=sessions, ci95_pace=pace_term,
                                    converged=within <= target_ci, stable=disturbed is None, disturbed=disturbed)
@@ -89,8 +89,7 @@ def own_spread(within: float, host_moved_it: Optional[bool]) -> bool:
     """Whether a cell's wide within-session spread is its own: above ``UNSTABLE_CI``, unless what ran
     beside its calls shows that the host's slow stretches moved it (``host_moved_it``; None: nothing
     ran beside it to tell). That is the session's state, which the ``±ci`` states, not a flaw of the
-    cell. Measured here: LeNet at 0.03-0.14 ms per call spread ±19-24% within a cell as the host's
-    pace went 1.1x-1.5x, nothing inside the machine busy."""
+    cell (docs/measurement.md, "Disturbed cells"). The words: ``verdicts.own_spread_reason``."""
     return within > UNSTABLE_CI and not host_moved_it
 
 
@@ -224,8 +223,7 @@ def pace_spread(pace: Optional[float], tolerance: float = 0.10) -> float:
 def at_usual_pace(pace: Optional[float], tolerance: float = 0.10) -> bool:
     """Whether a session may join the between-session history: its pace is known and within
     ``tolerance`` of the usual. A pace that could not be judged (no reference yet) vouches for
-    nothing: such a session, timed 3x slow on a machine loaded 4 deep, once made later sessions
-    state ±94%."""
+    nothing: one slow session in the history widens every later session's spread."""
     return pace is not None and pace > 0 and not pace_spread(pace, tolerance)
 
 

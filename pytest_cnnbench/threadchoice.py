@@ -2,7 +2,7 @@
 
 One thread first: it stays fast when other processes take a core (threads of one call waiting
 on a descheduled sibling cost milliseconds); more threads replace it only when clearly faster,
-compared interleaved (``timing.compare_interleaved``). A probed choice is remembered for this
+compared interleaved (``configchoice.choose_configuration``). A probed choice is remembered for this
 machine and cell (tuning.py), so later sessions measure the same configuration.
 """
 
@@ -12,7 +12,7 @@ import dataclasses
 import os
 from typing import Any, Callable, Optional
 
-from .timing import Comparison, compare_interleaved
+from .configchoice import ChoiceEvidence, choose_configuration
 
 # Remembered choices are keyed under this name. The first rule stored undecided probes as if they
 # were decisions (slow calls kept 1 thread after 6-8 rounds): its records are not trusted.
@@ -51,13 +51,13 @@ def remembered(cache: Any, cell: tuple, reprobe: bool = False) -> Optional[int]:
     return choice if isinstance(choice, int) and choice >= 1 else None
 
 
-def probe(calls: dict[int, Callable[[], Any]], set_threads: Callable[[int], None]) -> Comparison:
+def probe(calls: dict[int, Callable[[], Any]], set_threads: Callable[[int], None]) -> ChoiceEvidence:
     """Compare the prepared candidates, one per thread count, interleaved."""
     before = {n: (lambda n=n: set_threads(n)) for n in calls}
-    return compare_interleaved(calls, before)
+    return choose_configuration(calls, before)
 
 
-def remember(cache: Any, cell: tuple, threads: int, comparison: Comparison) -> bool:
+def remember(cache: Any, cell: tuple, threads: int, comparison: ChoiceEvidence) -> bool:
     """Remember a probe's choice for later sessions, only when the probe decided (an undecided
     probe kept the default for want of evidence: a later session probes again). True if remembered."""
     from . import tuning
@@ -88,9 +88,9 @@ def pinning(prepared: Any) -> dict[str, Any]:
     return out
 
 
-def scaling(threads: int, comparison: Comparison) -> dict[str, Any]:
+def scaling(threads: int, comparison: ChoiceEvidence) -> dict[str, Any]:
     """Scaling efficiency from a side-by-side comparison of 1 and ``threads`` threads: time at 1 thread
-    / time at n / n, with the 95% interval of the paired ratio (``timing.compare_interleaved``)."""
+    / time at n / n, with the 95% interval of the paired ratio (``configchoice.choose_configuration``)."""
     ratio, low, high = comparison.ratios[threads]  # time at n over time at 1
     return {"threads": threads, "speedup_over_1": 1 / ratio, "efficiency": 1 / ratio / threads,
             "efficiency_low": 1 / high / threads if high > 0 else None, "efficiency_high": 1 / low / threads if low > 0 else None,

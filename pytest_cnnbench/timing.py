@@ -15,9 +15,10 @@ Timing rules (docs/measurement.md):
    twins), as many calls as the chunk has: the cell and its reference alternate chunk by
    chunk, so the machine's drift cancels out of their ratio.
 
-The figures are handed to pytest-benchmark afterwards (``hand_to_benchmark``), so its table and
-``--benchmark-json`` show what the cell reports, and timing works where pytest-benchmark is
-off (under pytest-xdist).
+The figures are handed to pytest-benchmark afterwards (``pytestbenchmark.hand_to_benchmark``), so
+its table and ``--benchmark-json`` show what the cell reports, and timing works where
+pytest-benchmark is off (under pytest-xdist). Choosing between configurations by timing them
+against each other is ``configchoice``'s; its calls, too, are timed by ``timed`` here.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any, Callable, Optional
 
 from . import progress
 from .machine import pace_probe
-from .stats import LatencyStats, block_bootstrap_ci, latency_stats, median_ci, paired_ratio, paired_speedup
+from .stats import LatencyStats, block_bootstrap_ci, latency_stats, median_ci, paired_speedup
 
 PILOT_CALLS = 30
 BLOCKS = 20  # timed blocks per cell (19 degrees of freedom for the between-block spread)
@@ -43,7 +44,7 @@ MIN_CHUNKS_PER_BLOCK = 5  # fast calls: chunks shorter than CHUNK_S rather than 
 PAIRED_MIN_ROUNDS = 120  # a cell timed beside a reference: enough chunk pairs for a speedup within a few %
 # A paired speedup whose within-session half-width is wider than this gets more chunk pairs, in extra
 # blocks (at most as many as the loop had): with the 2.8% between-session prior, 3.5% keeps the
-# stated interval under 5%. Measured here: AlexNet's ORT pairs spread 5.4-5.6% over 120-180 chunks.
+# stated interval under 5% (docs/measurement.md, "Paired speedup").
 PAIRED_TARGET_CI = 0.035
 
 
@@ -79,7 +80,8 @@ class Companion:
     threads: Optional[int] = None
 
 
-def _timed_calls(call: Callable[[], Any], count: int, budget: float) -> list[float]:
+def timed_calls(call: Callable[[], Any], count: int, budget: float) -> list[float]:
+    """At least ``count`` calls, more while ``budget`` seconds last (at most ten times as many), each ``timed``."""
     times: list[float] = []
     deadline = time.perf_counter() + budget
     while len(times) < count or (time.perf_counter() < deadline and len(times) < 10 * count):
@@ -88,9 +90,8 @@ def _timed_calls(call: Callable[[], Any], count: int, budget: float) -> list[flo
 
 
 def spin(seconds: float) -> None:
-    """Pause by spinning, not sleeping. Measured on the 2-vCPU KVM guest this was built on: after
-    a sleep, 5-17 of 20 LeNet blocks ran 1.5-2x slow (a woken vCPU lands wherever the host puts
-    it); after a spin of the same length, 1-5 of 20 (``scripts/pause_experiment.py``)."""
+    """Pause by spinning, not sleeping: a woken vCPU lands wherever the host puts it, and the blocks
+    after a sleep ran slow more often (docs/measurement.md, "Latency"; ``scripts/pause_experiment.py``)."""
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
@@ -115,10 +116,10 @@ class Plan:
 def plan_timing(call: Callable[[], Any], rules: TimingRules, paired: bool = False) -> Plan:
     """Warm up, run the pilot, and plan the timed loop (rounds, blocks, pauses) within the cap.
     ``paired``: the cell alternates with companions; fast calls then get rounds enough for chunks of
-    ``CHUNK_S`` (a chunk's median of 3 LeNet calls, 0.02 ms each, spread its ratio ±8%)."""
+    ``CHUNK_S``, since a chunk of a few very fast calls gives a noisy ratio (docs/measurement.md)."""
     for _ in range(rules.warmup):
         call()
-    pilot = sorted(_timed_calls(call, PILOT_CALLS, 0.1 * rules.max_time))
+    pilot = sorted(timed_calls(call, PILOT_CALLS, 0.1 * rules.max_time))
     per_call = max(statistics.median(pilot), 1e-9)
     ci = median_ci(pilot)
     wanted = rules.max_rounds if not math.isfinite(ci) else math.ceil(len(pilot) * (ci / rules.target_ci) ** 2)
@@ -276,116 +277,3 @@ def time_cell(call: Callable[[], Any], rules: TimingRules, companions: Optional[
     per_block = len(probes) // plan.blocks if plan.blocks >= 3 else 0
     probe_within = block_bootstrap_ci(probes[: per_block * plan.blocks], plan.blocks) if per_block else None
     return Timing(stats, plan, seconds, window, out, paired, probes, probe_within)
-
-
-def hand_to_benchmark(benchmark: Any, seconds: list[float]) -> bool:
-    """Give pytest-benchmark's fixture the cell's calls, so its table and ``--benchmark-json`` show
-    the figures the cell reports (a re-measurement replaces the first attempt's). False where the
-    fixture is off (``--benchmark-disable``, pytest-xdist)."""
-    if benchmark is None:
-        return False
-    if getattr(benchmark, "disabled", True):
-        # Off under xdist: the harness timed the cell itself; marking the fixture used keeps
-        # pytest-benchmark from warning "not used at all" on every cell.
-        if hasattr(benchmark, "_mode") and not benchmark._mode:
-            benchmark._mode = "cnnbench"
-        return False
-    from pytest_benchmark.stats import Stats
-
-    if getattr(benchmark, "stats", None) is None:
-        # Private, but pytest-benchmark's own way to open a record; _mode marks the fixture used.
-        benchmark._make_stats(1)
-        benchmark._mode = "cnnbench"
-    fresh = Stats()
-    for value in seconds:
-        fresh.update(value)
-    benchmark.stats.stats = fresh
-    return True
-
-
-# -- choosing between configurations (threads, TorchScript variants) -----------------------------
-PROBE_MARGIN = 0.05  # another configuration must be this much faster than the default, with 95% confidence
-# Rounds a comparison gets before its time budget may end it undecided (each round: one block per candidate).
-DECISIVE_ROUNDS = 20
-
-
-@dataclasses.dataclass
-class Comparison:
-    """The outcome of ``compare_interleaved``: the choice and the evidence for it."""
-
-    choice: Any
-    medians_ms: dict[Any, float]  # median of each candidate's block medians
-    ratios: dict[Any, tuple[float, float, float]]  # candidate -> (ratio to the default, 95% low, high)
-    rounds: int
-    verdict: str
-    decided: bool = True  # False: a candidate was still neither clearly faster nor clearly not (the default kept)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"choice": self.choice, "medians_ms": {str(k): v for k, v in self.medians_ms.items()},
-                "ratios": {str(k): list(v) for k, v in self.ratios.items()}, "rounds": self.rounds, "verdict": self.verdict,
-                "decided": self.decided}
-
-
-def compare_interleaved(calls: dict[Any, Callable[[], Any]], before: Optional[dict[Any, Callable[[], Any]]] = None,
-                        margin: float = PROBE_MARGIN, min_rounds: int = 6, max_rounds: int = 60, budget_s: float = 2.0,
-                        block_s: float = 0.01, decisive_rounds: int = DECISIVE_ROUNDS) -> Comparison:
-    """Compare configurations in alternating blocks (A B B A A B ...), one block median per
-    candidate and round, until each candidate is told apart from the first (the default, the
-    configuration robust under contention) or the budget runs out.
-
-    The budget is one of rounds as well as seconds: it ends an undecided comparison only after
-    ``decisive_rounds`` rounds, however long their calls take (slow calls, one per block, would
-    otherwise get 6-8 rounds in ``budget_s`` and stay undecided, keeping the default for them alone).
-
-    A candidate replaces the default only when it is clearly faster: the 95% confidence
-    interval of its paired ratio (geometric mean over rounds of its block median over the
-    default's) lies wholly below ``1 - margin``. Undecided at the cap means the default.
-    ``before[key]`` runs before each of that candidate's blocks (e.g. set torch's thread count).
-    """
-    keys = list(calls)
-    default = keys[0]
-    before = before or {}
-
-    def prime(key: Any) -> None:
-        hook = before.get(key)
-        if hook is not None:
-            hook()
-
-    per_call = {}
-    for key in keys:
-        prime(key)
-        per_call[key] = max(statistics.median(_timed_calls(calls[key], 3, 0.05)), 1e-9)
-    if len(keys) == 1:
-        return Comparison(default, {default: per_call[default] * 1000}, {}, 0, "only candidate")
-    size = max(1, min(1000, int(block_s / max(per_call.values()))))
-    rewarm = 1 if max(per_call.values()) < 0.005 else 0
-    medians: dict[Any, list[float]] = {key: [] for key in keys}
-    deadline = time.perf_counter() + budget_s
-    ratios: dict[Any, tuple[float, float, float]] = {}
-    rounds = 0
-    while rounds < max_rounds:
-        for key in keys if rounds % 2 == 0 else keys[::-1]:
-            prime(key)
-            call = calls[key]
-            for _ in range(rewarm):
-                call()
-            medians[key].append(statistics.median([timed(call) for _ in range(size)]))
-        rounds += 1
-        if rounds < min_rounds:
-            continue
-        ratios = {key: paired_ratio(medians[key], medians[default]) for key in keys[1:]}
-        undecided = [key for key, (_, lo, hi) in ratios.items() if lo < 1 - margin < hi]
-        if not undecided or (rounds >= decisive_rounds and time.perf_counter() > deadline):
-            break
-    faster = [key for key, (_, _, hi) in ratios.items() if hi < 1 - margin]
-    overall = {key: statistics.median(values) * 1000 for key, values in medians.items()}
-    if faster:
-        choice = min(faster, key=lambda k: overall[k])
-        verdict = f"{choice} clearly faster ({ratios[choice][0]:.2f}x the time of {default}, 95% up to {ratios[choice][2]:.2f}x)"
-    else:
-        choice = default
-        undecided = [key for key, (_, lo, hi) in ratios.items() if lo < 1 - margin < hi]
-        verdict = (f"undecided after {rounds} rounds: kept {default}" if undecided
-                   else f"no candidate clearly faster than {default}")
-    decided = not [key for key, (_, lo, hi) in ratios.items() if lo < 1 - margin < hi]
-    return Comparison(choice, overall, ratios, rounds, verdict, decided)

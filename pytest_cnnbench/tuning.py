@@ -130,50 +130,61 @@ def remember_choice(cache: ArtifactCache, what: str, parts: tuple, choice: Any, 
                                            "machine": machine_identity(), "cell": [str(p) for p in parts]})
 
 
-def earlier_p50s(cache: ArtifactCache, parts: tuple) -> list[float]:
-    """p50s (ms) of this cell and configuration in earlier sessions on this machine, oldest first."""
-    record = load(cache, record_key("sessions", *parts)) or {}
-    return [s["p50"] for s in record.get("sessions", []) if s.get("session") != SESSION_ID and s.get("p50")]
+# -- session histories: one entry per session, the latest ``keep`` kept, shared by every process ----
+def earlier(cache: ArtifactCache, key: str, field: str) -> list[float]:
+    """``field`` of each earlier session's entry in the history record ``key``, oldest first."""
+    record = load(cache, key) or {}
+    return [s[field] for s in record.get("sessions", []) if s.get("session") != SESSION_ID and s.get(field)]
 
 
-def add_session(cache: ArtifactCache, parts: tuple, entry: dict[str, Any], keep: int) -> None:
-    def add(record: Optional[dict[str, Any]]) -> dict[str, Any]:
-        record = record or {"what": "sessions", "cell": [str(p) for p in parts], "sessions": []}
-        sessions = [s for s in record.get("sessions", []) if s.get("session") != SESSION_ID]
+def add_to_history(cache: ArtifactCache, key: str, what: str, empty: dict[str, Any], entry: dict[str, Any], keep: int,
+                   unchanged: Optional[Callable[[dict[str, Any]], bool]] = None) -> None:
+    """Put this session's ``entry`` in the history record ``key`` (``empty`` starts a new record),
+    replacing the session's earlier entry and keeping the latest ``keep``, under the record's lock
+    (``update``). ``unchanged(this session's last entry)`` true: leave the record as it is."""
+    def add(record: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        record = record or {**empty, "sessions": []}
+        sessions = record.get("sessions", [])
+        own = [s for s in sessions if s.get("session") == SESSION_ID]
+        if own and unchanged is not None and unchanged(own[-1]):
+            return None
+        sessions = [s for s in sessions if s.get("session") != SESSION_ID]
         sessions.append({"session": SESSION_ID, "when": now(), **entry})
         record["sessions"] = sessions[-keep:]
         record["machine"] = machine_identity()
         return record
 
-    update(cache, record_key("sessions", *parts), "a session's p50", add)
+    update(cache, key, what, add)
+
+
+def earlier_p50s(cache: ArtifactCache, parts: tuple) -> list[float]:
+    """p50s (ms) of this cell and configuration in earlier sessions on this machine, oldest first."""
+    return earlier(cache, record_key("sessions", *parts), "p50")
+
+
+def add_session(cache: ArtifactCache, parts: tuple, entry: dict[str, Any], keep: int) -> None:
+    add_to_history(cache, record_key("sessions", *parts), "a session's p50",
+                   {"what": "sessions", "cell": [str(p) for p in parts]}, entry, keep)
 
 
 def earlier_paces(cache: ArtifactCache) -> list[float]:
     """The machine's pace in earlier sessions (each session's 10th percentile of the pace probe, seconds)."""
-    record = load(cache, record_key("pace")) or {}
-    return [s["p10"] for s in record.get("sessions", []) if s.get("session") != SESSION_ID and s.get("p10")]
+    return earlier(cache, record_key("pace"), "p10")
+
+
+def _barely_moved(last: Optional[float], p10: float) -> bool:
+    """Whether this session's p10 moved less than ``PACE_REWRITE_CHANGE`` from the one written last."""
+    return last is not None and last > 0 and abs(last - p10) <= PACE_REWRITE_CHANGE * last
 
 
 def remember_pace(cache: ArtifactCache, p10: float, keep: int = 20) -> None:
     """This session's pace in the machine's shared record. Called after every cell: the record
     is rewritten only when this session's p10 is new or has moved by ``PACE_REWRITE_CHANGE``."""
-    def add(record: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
-        record = record or {"what": "pace", "sessions": []}
-        sessions = record.get("sessions", [])
-        own = [s.get("p10") for s in sessions if s.get("session") == SESSION_ID]
-        if own and own[-1] and abs(own[-1] - p10) <= PACE_REWRITE_CHANGE * own[-1]:
-            return None
-        sessions = [s for s in sessions if s.get("session") != SESSION_ID]
-        sessions.append({"session": SESSION_ID, "when": now(), "p10": p10})
-        record["sessions"] = sessions[-keep:]
-        record["machine"] = machine_identity()
-        return record
-
     written = (str(cache.root), SESSION_ID)
-    last = _last_pace_written.get(written)
-    if last is not None and abs(last - p10) <= PACE_REWRITE_CHANGE * last:  # skip even the lock and the read
+    if _barely_moved(_last_pace_written.get(written), p10):  # skip even the lock and the read
         return
-    update(cache, record_key("pace"), "the machine's pace", add)
+    add_to_history(cache, record_key("pace"), "the machine's pace", {"what": "pace"}, {"p10": p10}, keep,
+                   unchanged=lambda own: _barely_moved(own.get("p10"), p10))
     _last_pace_written[written] = p10
 
 

@@ -112,3 +112,20 @@ def test_pace_record_is_rewritten_only_when_this_sessions_pace_moves(tmp_path, m
     assert record.stat().st_ino != first
     monkeypatch.setattr(tuning, "SESSION_ID", "later")
     assert tuning.earlier_paces(cache) == [0.0012]  # one entry for the session, its latest pace
+
+
+def test_another_process_of_the_session_leaves_the_pace_record_alone_when_the_pace_barely_moved(tmp_path, monkeypatch):
+    """pytest-xdist's workers share one session id: a worker that has written nothing yet reads the
+    session's entry in the record itself, and rewrites it only when the pace moved."""
+    monkeypatch.setattr(tuning, "SESSION_ID", "shared-session")
+    monkeypatch.setattr(tuning, "_last_pace_written", {})
+    cache = ArtifactCache(tmp_path)
+    record = cache.path(tuning.KIND, tuning.record_key("pace"), ".json")
+    tuning.remember_pace(cache, 0.0010)
+    first = record.stat().st_ino
+    tuning._last_pace_written.clear()  # as in another worker process
+    tuning.remember_pace(cache, 0.0010 * (1 + tuning.PACE_REWRITE_CHANGE / 2))
+    assert record.stat().st_ino == first
+    tuning._last_pace_written.clear()
+    tuning.remember_pace(cache, 0.0012)
+    assert record.stat().st_ino != first

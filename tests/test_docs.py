@@ -9,10 +9,11 @@ import pytest
 
 from conftest import REPO
 from pytest_cnnbench.coldstart import plugin as coldstart
+from pytest_cnnbench.mlperf import plugin as loadgen
 from pytest_cnnbench.options import FLAGS, OPTIONS
 
 # A sub-plugin's options are in the same group, so on the same page.
-OPTIONS, FLAGS = {**OPTIONS, **coldstart.OPTIONS}, FLAGS | coldstart.FLAGS
+OPTIONS, FLAGS = {**OPTIONS, **coldstart.OPTIONS, **loadgen.OPTIONS}, FLAGS | coldstart.FLAGS | loadgen.FLAGS
 
 OPTIONS_PAGE = REPO / "docs" / "options.md"
 OPTION_NAME = re.compile(r"--(cnn-[a-z0-9]+(?:-[a-z0-9]+)*)")

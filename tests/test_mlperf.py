@@ -135,6 +135,40 @@ def test_importing_the_plugin_loads_no_heavy_module():
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
+def test_the_core_imports_nothing_from_the_loadgen_sub_plugin():
+    """LoadGen is a sub-plugin: outside mlperf/, only plugin.py's list of sub-plugins names it."""
+    import ast
+
+    package = REPO / "pytest_cnnbench"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if package / "mlperf" in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                names = [f"{'.' * node.level}{node.module or ''}"] + [f"{node.module or ''}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            if any("mlperf" in name.split(".") for name in names):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert [where.split(":")[0] for where in found] == ["pytest_cnnbench/plugin.py"], found
+
+
+def test_report_command_line_page_has_the_scenario_section(tmp_path):
+    """Outside a pytest run (no config), the bundled sub-plugin still adds its section to the page."""
+    document = json.loads((REPO / "tests" / "data" / "lenet_results.json").read_text())
+    row = document["results"][0]
+    row["scenarios"] = {"single-stream": {"p90_ms": 0.0252, "loadgen": "VALID", "submission_length": False}}
+    row["loadgen"] = {"accuracy": {"top1": row["top1"], "plugin_top1": row["top1"], "total": 10000}}
+    (tmp_path / "r.json").write_text(json.dumps(document))
+    subprocess.run([sys.executable, "-m", "pytest_cnnbench.report", str(tmp_path / "r.json"),
+                    f"--report={tmp_path / 'page.html'}"], capture_output=True, text=True, cwd=REPO, check=True)
+    page = (tmp_path / "page.html").read_text()
+    assert "<h2>Deployment scenarios (MLPerf LoadGen)</h2>" in page and "<td>0.025 ms [VALID, short run]</td>" in page
+
+
 # -- real LoadGen, direct ------------------------------------------------------------------------
 def _sleeper(seconds):
     def call(batch):

@@ -56,13 +56,13 @@ def marked():
 
 EQUAL_THREADS_SUITE = '''
 from pytest_cnnbench import threadchoice
-from pytest_cnnbench.timing import Comparison
+from pytest_cnnbench.configchoice import ChoiceEvidence
 
 
 def test_bench(cnnbench):
     import conftest
 
-    decided = Comparison(1, {}, {}, 20, "remembered by the test", True)
+    decided = ChoiceEvidence(1, {}, {}, 20, "remembered by the test", True)
     # Eager's own row would run with 1 thread (its remembered choice); this cell with 2 (its own).
     threadchoice.remember(cnnbench.bench.cache, cnnbench._choice_parts(backend="eager", precision="fp32"), 1, decided)
     threadchoice.remember(cnnbench.bench.cache, cnnbench._choice_parts(), 2, decided)

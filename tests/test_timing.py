@@ -1,4 +1,5 @@
-"""The timed loop (timing.py): plans, blocks, companions, the paired speedup and the one timer."""
+"""The timed loop (timing.py): plans, blocks, companions, the paired speedup and the one timer; the
+configuration chooser (configchoice.py) and the pytest-benchmark adapter (pytestbenchmark.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_cnnbench import timing
+from pytest_cnnbench import configchoice, timing
 
 
 def busy_wait(seconds: float) -> None:
@@ -123,7 +124,7 @@ def test_hand_to_benchmark_gives_pytest_benchmark_the_cells_calls(pytester):
     """Through the real fixture: its --benchmark-json holds the calls handed over, a re-measurement's
     replacing the first attempt's."""
     pytester.makepyfile(test_b="""
-        from pytest_cnnbench.timing import hand_to_benchmark
+        from pytest_cnnbench.pytestbenchmark import hand_to_benchmark
 
         def test_it(benchmark):
             assert hand_to_benchmark(benchmark, [0.001] * 10)
@@ -139,7 +140,7 @@ def test_hand_to_benchmark_gives_pytest_benchmark_the_cells_calls(pytester):
 
 def test_hand_to_benchmark_is_refused_by_a_disabled_fixture(pytester):
     pytester.makepyfile(test_b="""
-        from pytest_cnnbench.timing import hand_to_benchmark
+        from pytest_cnnbench.pytestbenchmark import hand_to_benchmark
 
         def test_it(benchmark):
             assert not hand_to_benchmark(benchmark, [0.001] * 10)
@@ -149,8 +150,8 @@ def test_hand_to_benchmark_is_refused_by_a_disabled_fixture(pytester):
 
 @pytest.mark.parametrize("b_seconds, expected", [(0.0005, "b"), (0.00098, "a"), (0.001, "a")])
 def test_compare_interleaved_needs_a_clear_win_to_leave_the_default(b_seconds, expected):
-    comparison = timing.compare_interleaved({"a": lambda: busy_wait(0.001), "b": lambda: busy_wait(b_seconds)},
-                                            budget_s=1.5)
+    comparison = configchoice.choose_configuration({"a": lambda: busy_wait(0.001), "b": lambda: busy_wait(b_seconds)},
+                                                   budget_s=1.5)
     assert comparison.choice == expected, comparison.verdict
     assert comparison.rounds >= 6
     ratio, lo, hi = comparison.ratios["b"]
@@ -160,8 +161,8 @@ def test_compare_interleaved_needs_a_clear_win_to_leave_the_default(b_seconds, e
 
 def test_compare_interleaved_runs_before_hooks():
     seen = []
-    timing.compare_interleaved({1: lambda: busy_wait(1e-4), 2: lambda: busy_wait(1e-4)},
-                               before={1: lambda: seen.append(1), 2: lambda: seen.append(2)}, min_rounds=4, max_rounds=4)
+    configchoice.choose_configuration({1: lambda: busy_wait(1e-4), 2: lambda: busy_wait(1e-4)},
+                                      before={1: lambda: seen.append(1), 2: lambda: seen.append(2)}, min_rounds=4, max_rounds=4)
     assert seen[:3] == [1, 2, 1] and seen.count(1) == seen.count(2) == 5  # one warm-up, four rounds (ABBA...)
 
 
@@ -174,7 +175,7 @@ def test_every_timed_path_goes_through_the_one_timer(monkeypatch):
     rules = timing.TimingRules(warmup=1, min_rounds=30, max_rounds=60, max_time=0.2, min_time=0.05)
     result = timing.time_cell(lambda: busy_wait(1e-5), rules, companions={"c": timing.Companion(lambda: None)})
     assert set(result.seconds) == {0.004} and result.companions["c"].p50 == pytest.approx(4.0)
-    comparison = timing.compare_interleaved({1: lambda: None, 2: lambda: None}, min_rounds=2, max_rounds=2)
+    comparison = configchoice.choose_configuration({1: lambda: None, 2: lambda: None}, min_rounds=2, max_rounds=2)
     assert set(comparison.medians_ms.values()) == {4.0}
     wall, device = gpu.time_device_calls(lambda: None, 5, events=False)
     assert wall == [0.004] * 5 and device is None
@@ -192,11 +193,11 @@ def test_thread_probe_of_slow_noisy_calls_decides_and_only_a_decision_is_remembe
     calls = {1: lambda: time.sleep(0.100), 2: lambda: time.sleep(0.060 * next(swing))}
     comparison = threadchoice.probe(calls, lambda n: None)
     assert comparison.decided and comparison.choice == 2, comparison.verdict
-    assert comparison.ratios[2][2] < 1 - timing.PROBE_MARGIN
+    assert comparison.ratios[2][2] < 1 - configchoice.PROBE_MARGIN
     # An undecided probe keeps the default for this session only; a decision is remembered.
     cache, cell = ArtifactCache(tmp_path), ("model", "eager", 1, "fp32", "cpu", "mnist", (1, 28, 28))
-    undecided = timing.Comparison(1, {1: 100.0, 2: 90.0}, {2: (0.9, 0.7, 1.1)}, 20, "undecided after 20 rounds: kept 1",
-                                  decided=False)
+    undecided = configchoice.ChoiceEvidence(1, {1: 100.0, 2: 90.0}, {2: (0.9, 0.7, 1.1)}, 20,
+                                            "undecided after 20 rounds: kept 1", decided=False)
     assert not threadchoice.remember(cache, cell, 1, undecided)
     assert threadchoice.remembered(cache, cell) is None
     assert threadchoice.remember(cache, cell, 2, comparison)

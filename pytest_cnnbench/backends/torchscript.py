@@ -21,7 +21,7 @@ import torch
 
 from .. import progress
 from ..cache import hash_parts
-from ..timing import compare_interleaved
+from ..configchoice import choose_configuration
 from .base import THREADS_TORCH, PrepareContext, TorchPrepared, torch_dtype, torch_precision_reason
 
 
@@ -93,6 +93,6 @@ class TorchScriptBackend:
         sync = torch.cuda.synchronize if ctx.device == "cuda" else (lambda: None)
         calls = {name: (lambda m=module: (m(example), sync())) for name, module in variants.items()}
         with torch.inference_mode():
-            comparison = compare_interleaved(calls)
+            comparison = choose_configuration(calls)
         tuning.remember_choice(ctx.cache, "torchscript-variant", parts, comparison.choice, comparison.as_dict())
         return variants[comparison.choice], comparison.choice

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ..core import CellSpec
+from ..pytestbenchmark import benchmark_disabled
 from ..workbench import CellModel, Workbench
 
 
@@ -41,15 +42,6 @@ class CellContext:
         spec = self.spec
         return (self.model.key, backend or spec.backend, spec.batch_size, precision or spec.precision,
                 self.device, spec.dataset, tuple(self.model.info.input_shape))
-
-
-def benchmark_disabled(config: pytest.Config) -> bool:
-    """The user turned timing off (--benchmark-disable); pytest-benchmark turning itself off under
-    xdist does not count: the harness times with its own timer and hands the figures over."""
-    try:
-        return bool(config.getoption("benchmark_disable")) and not config.getoption("benchmark_enable")
-    except ValueError:
-        return False
 
 
 @contextlib.contextmanager

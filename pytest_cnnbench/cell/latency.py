@@ -17,7 +17,9 @@ from .. import results as R
 from ..backends.base import PrepareContext, Prepared, device_events
 from ..stats import (SESSION_HISTORY, UNSTABLE_CI, LatencyStats, Speedup, at_usual_pace, own_spread, pace_spread,
                      session_spread)
-from ..timing import Companion, Timing, TimingRules, hand_to_benchmark, time_cell
+from ..pytestbenchmark import hand_to_benchmark
+from ..timing import Companion, Timing, TimingRules, time_cell
+from ..verdicts import own_spread_reason
 from .context import CellContext, phase
 from .inputs import Inputs
 from .prepare import prepare_again
@@ -32,7 +34,7 @@ def remeasure_reason(stats: LatencyStats, disturbed: Optional[str], host_moved_i
         return disturbed
     within = stats.ci95_within if stats.ci95_within is not None else stats.ci95_rel
     if own_spread(within, host_moved_it):
-        return f"its calls spread ±{within:.1%} (> {UNSTABLE_CI:.0%})"
+        return own_spread_reason(within, UNSTABLE_CI)
     return None
 
 

@@ -3,8 +3,10 @@
 Importing this package is cheap: no torch, no ``mlperf_loadgen``. LoadGen is imported only in the
 child process that runs a test (``child.py``); ``available()`` only looks for it.
 
-The runner calls ``run_scenarios`` (see ``run.py``) once per cell, after its own timing, with the
-cell's prepared backend call and its preprocessed images.
+A sub-plugin (``plugin.py``): always registered, so its options parse; it acts only when
+``--cnn-scenario`` is given. The core calls its ``pytest_cnnbench_cell_measured`` once per cell,
+after the cell's own timing, with its prepared backend open; ``cell.py`` then runs ``run_scenarios``
+(``run.py``) on the cell's preprocessed images. ``table.py`` formats the summary.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def run_scenarios(*args: Any, **kwargs: Any) -> dict[str, Any]:
     return run(*args, **kwargs)
 
 
-def failures(record: dict[str, Any]) -> list[str]:
-    """The messages that fail the cell, from what ``run_scenarios`` returned."""
-    return list(record.get("failures") or [])
+def top1_agrees(loadgen_top1: float, plugin_top1: float, total: int) -> bool:
+    """LoadGen's top-1 and the plugin's on the same ``total`` images agree: they count the same correct
+    images, so they differ by less than half an image (float rounding aside)."""
+    return abs(loadgen_top1 - plugin_top1) <= 0.5 / max(1, total)

@@ -31,7 +31,6 @@ import os
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -316,7 +315,3 @@ def run_test(predict: Callable[[list[int]], bytes], settings_values: dict[str, A
     if info.get("errors"):
         return ChildResult(False, f"LoadGen {settings_values['scenario']} test: {info['errors'][0]}", info, served)
     return ChildResult(True, "", info, served)
-
-
-def format_exception(exc: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip()

@@ -1,11 +1,11 @@
 """``run_scenarios``: every selected LoadGen scenario for one cell, plus LoadGen's accuracy pass.
 
-Called by the runner after the cell's own timing, with the prepared backend still open.
+Called by ``cell.py`` after the cell's own timing, with the prepared backend still open.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import shutil
 import statistics
 import time
@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from . import unavailable_reason
+from . import top1_agrees, unavailable_reason
 from .child import SPIN_S, ChildResult, run_test
 from .log import ACCURACY, LogError, read_detail, summarize
-from .settings import ScenarioOptions, latency_bound_ms, loadgen_settings, timeout_for
+from .settings import Hints, ScenarioHints, ScenarioOptions, latency_bound_ms, loadgen_settings, timeout_for
 
 _OVERHEAD: dict[tuple, dict[str, Any]] = {}  # by (child's polling, call length): once per process (``measure_overhead``)
 OVERHEAD_SECONDS = 1.0
@@ -76,10 +76,10 @@ def serving_p90(predict: Callable[[list[int]], bytes], total: int, per_call_s: f
     return _nearest_rank([timed(lambda: predict([index % total])) for index in range(calls)], 0.9)
 
 
-def response_spin(hints: dict[str, Any]) -> float:
+def response_spin(hints: Hints) -> float:
     """How long the child polls for each response: long enough for a fast call; not at all for a slow one,
     where a polling child would take a core from the backend and the wake-up is a small part."""
-    return SPIN_S if float(hints.get("p50_s") or 0.0) < SPIN_S else 0.0
+    return SPIN_S if float(ScenarioHints.of(hints).p50_s or 0.0) < SPIN_S else 0.0
 
 
 def _sleeping_call(seconds: float) -> Callable[[Any], Any]:
@@ -104,7 +104,7 @@ def measure_overhead(out_dir: Path, options: ScenarioOptions, response_spin_s: f
     if key in _OVERHEAD:
         return _OVERHEAD[key]
     short = ScenarioOptions(seconds=OVERHEAD_SECONDS)
-    values = loadgen_settings("single-stream", short, {"p50_s": max(call_s, 50e-6), "batch_size": 1}, samples=64)
+    values = loadgen_settings("single-stream", short, ScenarioHints(p50_s=max(call_s, 50e-6)), samples=64)
     values["min_query_count"] = 256 if not call_s else 64
     name = "overhead" if response_spin_s else "overhead-child-blocking"
     folder = Path(out_dir) / (name if not call_s else f"{name}-{call_s * 1000:.3g}ms-call")
@@ -133,7 +133,7 @@ def measure_overhead(out_dir: Path, options: ScenarioOptions, response_spin_s: f
     return record
 
 
-def _run_one(scenario: str, predict: Callable[[list[int]], bytes], values: dict[str, Any], total: int, hints: dict[str, Any],
+def _run_one(scenario: str, predict: Callable[[list[int]], bytes], values: dict[str, Any], total: int, hints: ScenarioHints,
              folder: Path, options: ScenarioOptions) -> tuple[ChildResult, Optional[dict[str, Any]], Optional[str]]:
     performance = values["performance_sample_count_override"] or total
     result = run_test(predict, values, total, performance, folder, timeout_for(values, hints, total, options),
@@ -153,14 +153,14 @@ def _run_one(scenario: str, predict: Callable[[list[int]], bytes], values: dict[
     return result, entry, None
 
 
-def _server(predict: Callable[[list[int]], bytes], total: int, hints: dict[str, Any], out_dir: Path,
+def _server(predict: Callable[[list[int]], bytes], total: int, hints: ScenarioHints, out_dir: Path,
             options: ScenarioOptions, bound_ms: float) -> tuple[Optional[dict[str, Any]], Optional[str], bool]:
     """The server scenario at --cnn-server-qps, or the highest rate that is VALID under the bound,
     by a bounded bisection between 0 and the cell's single-worker capacity (1 / (p50 + overhead), x1.2).
     Returns (entry, error, stuck)."""
     # Server queries are single samples, served one at a time: a call at the cell's batch size bounds
     # one sample's time from above; LoadGen's and the pipe's overhead adds to each.
-    per_sample = max(float(hints.get("p50_s") or 1e-3), 1e-6) + float(hints.get("overhead_s") or 0.0)
+    per_sample = max(float(hints.p50_s or 1e-3), 1e-6) + float(hints.overhead_s or 0.0)
     if options.server_qps is not None:
         rates = [options.server_qps]
     else:
@@ -169,7 +169,7 @@ def _server(predict: Callable[[list[int]], bytes], total: int, hints: dict[str, 
     low, high = 0.0, 1.2 / per_sample
     best: Optional[dict[str, Any]] = None
     steps = 1 if rates else max(1, options.server_search_steps)
-    own_p90_ms = float(hints.get("p90_s") or 0.0) * 1000.0
+    own_p90_ms = float(hints.p90_s or 0.0) * 1000.0
     if not rates and own_p90_ms > bound_ms:
         # One call already takes longer than the bound: no rate can meet it, and each lower rate tried
         # would take longer (459 queries at least). One run at half the capacity records LoadGen's verdict.
@@ -203,14 +203,14 @@ def _server(predict: Callable[[list[int]], bytes], total: int, hints: dict[str, 
 
 
 def run_scenarios(call: Callable[[Any], Any], images: Any, labels: Any, batch_size: int, scenarios: Sequence[str],
-                  options: ScenarioOptions, out_dir: Path, hints: dict[str, Any]) -> dict[str, Any]:
+                  options: ScenarioOptions, out_dir: Path, hints: Hints) -> dict[str, Any]:
     """Run ``scenarios`` (names from ``SCENARIOS``) on one cell through LoadGen, then LoadGen's accuracy pass.
 
     ``call(batch) -> logits`` is the cell's prepared backend; ``images`` its preprocessed dataset (the
-    QSL, staged in memory), ``labels`` their classes (or None). ``hints``: ``p50_s``/``p90_s`` the
-    cell's own latency per call at ``batch_size`` (seconds), ``spread`` its stated relative spread,
-    ``top1`` the plugin's top-1 on the same images (None: not checked), ``model`` the model's name
-    (for mlperf.conf's server bound). LoadGen logs go to ``out_dir/<scenario>/`` (emptied first).
+    QSL, staged in memory), ``labels`` their classes (or None). ``hints`` (``ScenarioHints``, or a
+    mapping of its names): ``p50_s``/``p90_s`` the cell's own latency per call at ``batch_size``
+    (seconds), ``spread`` its stated relative spread, ``top1`` the plugin's top-1 on the same images
+    (None: not checked), ``model`` the model's name (for mlperf.conf's server bound). LoadGen logs go to ``out_dir/<scenario>/`` (emptied first).
 
     Returns ``{"scenarios": {name: entry}, "accuracy": {...}, "overhead": {...}, "failures": [...],
     "skip": reason or None, "notes": [...]}``. Never raises for the backend's or LoadGen's failures:
@@ -227,20 +227,20 @@ def run_scenarios(call: Callable[[Any], Any], images: Any, labels: Any, batch_si
     if out_dir.exists():
         shutil.rmtree(out_dir)  # logs of an earlier run of this cell would mislead
     out_dir.mkdir(parents=True)
-    hints = {**hints, "batch_size": batch_size}
+    hints = dataclasses.replace(ScenarioHints.of(hints), batch_size=batch_size)
     total = int(len(images))
     predict = _predictor(call, images, batch_size)
     # The child polls for answers to fast calls only, and a blocked child's wake-up adds to each query:
     # the overhead that applies is the one measured the way this cell's child will wait.
     spin = response_spin(hints)
-    call_s = 0.0 if spin else float(hints.get("p50_s") or 0.0)
+    call_s = 0.0 if spin else float(hints.p50_s or 0.0)
     overhead = out["overhead"] = dict(measure_overhead(out_dir.parent, options, spin, call_s))
-    hints["overhead_s"] = float(overhead.get("p50_ms") or 0.0) / 1000.0
-    if "single-stream" in scenarios and batch_size == 1 and hints.get("p90_s") is not None:
+    hints = dataclasses.replace(hints, overhead_s=float(overhead.get("p50_ms") or 0.0) / 1000.0)
+    if "single-stream" in scenarios and batch_size == 1 and hints.p90_s is not None:
         try:
-            hints["serving_p90_s"] = serving_p90(predict, total, float(hints.get("p50_s") or 1e-3))
+            hints = dataclasses.replace(hints, serving_p90_s=serving_p90(predict, total, float(hints.p50_s or 1e-3)))
         except Exception:  # the backend fails on its first call: LoadGen's run says so, with its message
-            hints["serving_p90_s"] = None
+            hints = dataclasses.replace(hints, serving_p90_s=None)
     stuck = False
     for scenario in scenarios:
         if stuck:
@@ -248,9 +248,9 @@ def run_scenarios(call: Callable[[Any], Any], images: Any, labels: Any, batch_si
             continue
         folder = out_dir / scenario
         if scenario == "server":
-            bound = latency_bound_ms(options, str(hints.get("model") or ""))
+            bound = latency_bound_ms(options, str(hints.model or ""))
             if bound is None:
-                reason = (f"no latency bound for model {hints.get('model')!r} (mlperf.conf has one for resnet50 only); "
+                reason = (f"no latency bound for model {hints.model!r} (mlperf.conf has one for resnet50 only); "
                           "give --cnn-server-latency-ms")
                 out["scenarios"][scenario] = {"skipped": reason}
                 out["notes"].append(f"server: skipped: {reason}")
@@ -268,12 +268,12 @@ def run_scenarios(call: Callable[[Any], Any], images: Any, labels: Any, batch_si
         out["scenarios"][scenario] = entry
         if scenario == "single-stream":
             _check_p90(entry, hints, overhead, batch_size, out)
-    if not stuck and labels is not None and hints.get("top1") is not None:
+    if not stuck and labels is not None and hints.top1 is not None:
         _accuracy(predict, labels, total, hints, out_dir / "accuracy", options, out)
     return out
 
 
-def _check_p90(entry: dict[str, Any], hints: dict[str, Any], overhead: dict[str, Any], batch_size: int,
+def _check_p90(entry: dict[str, Any], hints: Hints, overhead: dict[str, Any], batch_size: int,
                out: dict[str, Any]) -> None:
     """Two independent timers on the same queries: LoadGen's SingleStream p90 (issue to completion) and
     the harness's p90 of the SUT's call inside those queries (``sut_p90_ms``, ``timing.timed`` in the
@@ -284,7 +284,8 @@ def _check_p90(entry: dict[str, Any], hints: dict[str, Any], overhead: dict[str,
     Beside them, for the reader, what separates LoadGen's p90 from the table's: the cell's timed p90
     (``plugin_p90_ms``), the same SUT call timed back to back (``serving_p90_ms``: a fresh input per
     query and its output reduced to a class), then inside LoadGen's run (``sut_p90_ms``)."""
-    plugin_p90 = hints.get("p90_s")
+    hints = ScenarioHints.of(hints)
+    plugin_p90 = hints.p90_s
     inside = entry.get("sut_p90_ms")
     if plugin_p90 is None or inside is None or batch_size != 1:
         entry["p90_agreement"] = None
@@ -293,8 +294,8 @@ def _check_p90(entry: dict[str, Any], hints: dict[str, Any], overhead: dict[str,
                                 "LoadGen single samples")
         return
     plugin_ms, inside_ms = float(plugin_p90) * 1000.0, float(inside)
-    serving = hints.get("serving_p90_s")
-    stated = float(hints.get("spread") or 0.0)
+    serving = hints.serving_p90_s
+    stated = float(hints.spread or 0.0)
     spread = max(stated, P90_SPREAD_FLOOR)
     overhead_ms = float(overhead.get("p90_ms") or 0.0)
     above, below = spread * inside_ms + overhead_ms, spread * inside_ms
@@ -312,7 +313,7 @@ def _check_p90(entry: dict[str, Any], hints: dict[str, Any], overhead: dict[str,
             f"{overhead_ms:.3f} ms above): a bug in one of the two timers")
 
 
-def _accuracy(predict: Callable[[list[int]], bytes], labels: Any, total: int, hints: dict[str, Any], folder: Path,
+def _accuracy(predict: Callable[[list[int]], bytes], labels: Any, total: int, hints: ScenarioHints, folder: Path,
               options: ScenarioOptions, out: dict[str, Any]) -> None:
     from .accuracy import AccuracyLogError, top1_from_log
 
@@ -329,11 +330,11 @@ def _accuracy(predict: Callable[[list[int]], bytes], labels: Any, total: int, hi
         out["accuracy"] = {"error": str(exc), "log_dir": str(folder)}
         out["failures"].append(f"accuracy: {exc}")
         return
-    plugin = float(hints["top1"])
+    plugin = float(hints.top1 or 0.0)
     out["accuracy"] = {**acc.as_dict(), "plugin_top1": plugin, "log_dir": str(folder)}
     if acc.total != total:
         out["failures"].append(f"accuracy: LoadGen's accuracy log covers {acc.total} of the {total} samples")
-    elif not math.isclose(acc.top1, plugin, rel_tol=0, abs_tol=0.5 / total):
+    elif not top1_agrees(acc.top1, plugin, total):
         out["failures"].append(f"accuracy: LoadGen's top-1 {acc.top1:.4%} ({acc.good}/{acc.total}) differs from the "
                                f"plugin's {plugin:.4%} on the same {total} samples")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Union
 
 from . import LOADGEN_NAMES, SCENARIOS
 
@@ -33,6 +33,28 @@ SERVER_MIN_QUERIES = 459
 SERVER_LATENCY_MS = {"resnet50": 15.0}  # resnet50.Server.target_latency (ms); *.Server.target_latency is 10
 PERCENTILE = {"single-stream": 0.90, "multi-stream": 0.99, "offline": 0.90, "server": 0.99}
 DEFAULT_SECONDS = 3.0  # --cnn-scenario-seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class ScenarioHints:
+    """What LoadGen's settings and checks take from the cell's own measurement (``cell.py`` builds them)."""
+
+    p50_s: Optional[float] = None  # the cell's p50 seconds per call at its batch size
+    p90_s: Optional[float] = None  # its p90 (None: single-stream's p90 is not compared)
+    spread: Optional[float] = None  # its stated relative spread
+    model: str = ""  # the model's name, for mlperf.conf's server bound
+    top1: Optional[float] = None  # the plugin's top-1 on the same images (None: not checked)
+    batch_size: int = 1
+    overhead_s: float = 0.0  # LoadGen's per-sample overhead here (``run.measure_overhead``)
+    serving_p90_s: Optional[float] = None  # p90 of the SUT's call timed back to back (``run.serving_p90``)
+
+    @classmethod
+    def of(cls, hints: Union["ScenarioHints", Mapping[str, Any]]) -> "ScenarioHints":
+        """``hints`` as they are, or built from a mapping of the same names (an unknown name is an error)."""
+        return hints if isinstance(hints, cls) else cls(**hints)
+
+
+Hints = Union[ScenarioHints, Mapping[str, Any]]
 
 
 class ScenarioError(ValueError):
@@ -103,18 +125,19 @@ def latency_bound_ms(options: ScenarioOptions, model: str) -> Optional[float]:
     return SERVER_LATENCY_MS.get(model)
 
 
-def loadgen_settings(scenario: str, options: ScenarioOptions, hints: dict[str, Any], *, accuracy: bool = False,
+def loadgen_settings(scenario: str, options: ScenarioOptions, hints: Hints, *, accuracy: bool = False,
                   server_qps: Optional[float] = None, latency_ms: Optional[float] = None,
                   samples: int = 0) -> dict[str, Any]:
     """Every ``mlperf_loadgen.TestSettings`` field the test uses, as plain values.
 
-    ``hints``: ``p50_s`` (the cell's measured seconds per call at its batch size) and ``batch_size``;
+    ``hints`` (``ScenarioHints`` or a mapping of its names): ``p50_s`` and ``batch_size``;
     LoadGen pre-generates queries from the expected latency and QPS, so they come from the cell's
     own measurement. ``samples``: the QSL's size (accuracy mode covers all of it)."""
     if scenario not in SCENARIOS:
         raise ScenarioError(f"unknown scenario {scenario!r}")
-    p50 = max(float(hints.get("p50_s") or 1e-3), 1e-6)
-    batch = max(1, int(hints.get("batch_size") or 1))
+    hints = ScenarioHints.of(hints)
+    p50 = max(float(hints.p50_s or 1e-3), 1e-6)
+    batch = max(1, int(hints.batch_size or 1))
     per_sample = p50 / batch if scenario == "offline" else p50  # server queries are single samples
     seconds = options.seconds
     s: dict[str, Any] = {"scenario": LOADGEN_NAMES[scenario], "mode": "AccuracyOnly" if accuracy else "PerformanceOnly",
@@ -150,10 +173,11 @@ def loadgen_settings(scenario: str, options: ScenarioOptions, hints: dict[str, A
     return s
 
 
-def expected_seconds(settings: dict[str, Any], hints: dict[str, Any], samples: int) -> float:
+def expected_seconds(settings: dict[str, Any], hints: Hints, samples: int) -> float:
     """How long the LoadGen test should take, from its settings and the cell's latency."""
-    p50 = max(float(hints.get("p50_s") or 1e-3), 1e-6)
-    batch = max(1, int(hints.get("batch_size") or 1))
+    hints = ScenarioHints.of(hints)
+    p50 = max(float(hints.p50_s or 1e-3), 1e-6)
+    batch = max(1, int(hints.batch_size or 1))
     minimum = settings["min_duration_ms"] / 1000.0
     scenario = settings["scenario"]
     if settings["mode"] == "AccuracyOnly":
@@ -169,7 +193,7 @@ def expected_seconds(settings: dict[str, Any], hints: dict[str, Any], samples: i
     return max(minimum, queries / settings["server_target_qps"]) + queries * p50
 
 
-def timeout_for(settings: dict[str, Any], hints: dict[str, Any], samples: int, options: ScenarioOptions) -> float:
+def timeout_for(settings: dict[str, Any], hints: Hints, samples: int, options: ScenarioOptions) -> float:
     """The child's deadline: 3x the expected duration plus 20 s for start-up and logs (or the option)."""
     if options.timeout_s is not None:
         return options.timeout_s

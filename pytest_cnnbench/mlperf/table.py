@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from tabulate import tabulate
 
-from . import SCENARIOS
+from . import SCENARIOS, top1_agrees
 
 HEADERS = {"single-stream": "SingleStream p90", "multi-stream": "MultiStream p99", "offline": "Offline",
            "server": "Server (p99 bound)"}
@@ -54,7 +54,7 @@ def _accuracy_text(record: Optional[dict[str, Any]]) -> str:
         return ""
     if record.get("error"):
         return "ERROR"
-    ok = "=" if abs(record["top1"] - record["plugin_top1"]) <= 0.5 / max(1, record["total"]) else "!="
+    ok = "=" if top1_agrees(record["top1"], record["plugin_top1"], record["total"]) else "!="
     return f"{record['top1']:.2%} {ok} {record['plugin_top1']:.2%}"
 
 

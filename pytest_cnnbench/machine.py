@@ -22,12 +22,12 @@ import dataclasses
 import os
 import statistics
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import psutil
 
 from .environment import cpu_count
-from .stats import PACE_TOLERANCE, UNSTABLE_CI
+from .stats import PACE_TOLERANCE
 
 BUSY_OTHERS = 0.25  # other processes take more than a quarter of the CPUs: busy
 BUSY_STEAL = 0.05  # the hypervisor takes more than 5% of the CPU time: busy

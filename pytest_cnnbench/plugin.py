@@ -481,7 +481,8 @@ def cnn_model(cnn_cell: CellSpec, request: pytest.FixtureRequest) -> Any:
 @pytest.fixture
 def cnnbench(cnn_cell: CellSpec, cnn_model: Any, request: pytest.FixtureRequest) -> Any:
     """Measures the cell: ``cnnbench.run()`` returns its result; ``check_accuracy``/``check_agreement`` assert."""
-    from .runner import CellRunner, check_fixture_model
+    from .models.fixture_model import check_fixture_model
+    from .runner import CellRunner
 
     bench = _workbench(request.config)
     identity = request.node.stash[IDENTITY]

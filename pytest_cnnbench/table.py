@@ -8,6 +8,7 @@ from typing import Any, Iterable, Optional
 
 from tabulate import tabulate
 
+from .reference_rule import OVER_EAGER_FP32, over_fallback, reference_label, reference_precision, serves_as_reference
 from .results import cell_key, cell_label, mixed_speedup_rules
 
 HEADERS = [
@@ -24,9 +25,7 @@ BROKEN_MARK = "!"
 FALLBACK_MARK = "†"
 UNSTABLE_MARK = "?"  # in the ±ci column: the cell's own measurement was disturbed (latency_ms.stable is false)
 UNPAIRED_MARK = "~"  # a speedup from two p50s timed apart, not side by side (speedup.paired is false)
-# Precisions eager PyTorch has no path for on a device: their rows' speedup is over eager fp32.
-EAGER_LACKS = {("cpu", "fp16"), ("cpu", "int8"), ("cuda", "int8")}
-OVER_FP32_MARK = "‡"  # bf16 rows: speedup over eager fp32 (runner.OVER_EAGER_FP32), though eager runs bf16 too
+OVER_FP32_MARK = "‡"  # bf16 rows: speedup over eager fp32 (reference_rule.OVER_EAGER_FP32), though eager runs bf16 too
 
 
 def test_name(r: dict[str, Any]) -> Optional[str]:
@@ -38,8 +37,13 @@ def test_name(r: dict[str, Any]) -> Optional[str]:
 
 
 def _key(r: dict[str, Any], precision: Optional[str] = None) -> tuple:
-    """The key of the eager cell a row's speedup is over: the same cell, on eager."""
+    """The key of the eager cell at ``precision`` (the row's own by default): the same cell, on eager."""
     return cell_key({**r, "test_name": test_name(r)}, backend="eager", precision=precision or r.get("precision"))
+
+
+def _reference_key(r: dict[str, Any]) -> tuple:
+    """The key of the eager row this row is measured against (``reference_rule``; eager fp32's own)."""
+    return _key(r, reference_precision(r["backend"], r.get("device"), r.get("precision")))
 
 
 def speedups(results: list[dict[str, Any]]) -> list[Optional[dict[str, Any]]]:
@@ -55,16 +59,14 @@ def speedups(results: list[dict[str, Any]]) -> list[Optional[dict[str, Any]]]:
             eager[_key(r)] = r
     out: list[Optional[dict[str, Any]]] = []
     for r in results:
-        if r["backend"] == "eager" and r.get("precision") != "bf16" and eager.get(_key(r)) is r:
+        if serves_as_reference(r["backend"], r.get("precision")) and eager.get(_key(r)) is r:
             out.append({"value": 1.0, "ci95_rel": 0.0, "paired": True, "reference": None})
             continue
         given = r.get("speedup")
         if given and given.get("value"):
             out.append(given)
             continue
-        base = eager.get(_key(r)) if r.get("precision") != "bf16" else eager.get(_key(r, "fp32"))
-        if base is None and (r.get("device"), r.get("precision")) in EAGER_LACKS:
-            base = eager.get(_key(r, "fp32"))
+        base = eager.get(_reference_key(r))
         lat = r.get("latency_ms")
         if base and lat and lat.get("p50"):
             b = base["latency_ms"]
@@ -85,7 +87,7 @@ def eager_ran_otherwise(results: list[dict[str, Any]]) -> list[str]:
         threads = given.get("threads")
         if r["backend"] == "eager" or not threads:
             continue
-        base = eager.get(_key(r)) or eager.get(_key(r, "fp32"))
+        base = eager.get(_reference_key(r))
         if base is not None and base.get("threads") and base["threads"] != threads:
             out.append(f"{cell_label(r)} (eager at {threads}, its row at {base['threads']})")
     return out
@@ -108,9 +110,9 @@ def _speedup(entry: Optional[dict[str, Any]], r: dict[str, Any]) -> str:
         text += f" ±{100 * entry['ci95_rel']:.0f}%" if entry["ci95_rel"] >= 0.095 else f" ±{100 * entry['ci95_rel']:.1f}%"
     if not entry.get("paired"):
         text += UNPAIRED_MARK
-    if (r.get("device"), r.get("precision")) in EAGER_LACKS:
+    if over_fallback(r.get("device"), r.get("precision")):
         text += FALLBACK_MARK  # against eager fp32: eager has no path for this precision here
-    elif r.get("precision") == "bf16":
+    elif r.get("precision") in OVER_EAGER_FP32:
         text += OVER_FP32_MARK
     return text
 
@@ -170,7 +172,7 @@ def _over_eager_fp32(r: dict[str, Any]) -> Optional[dict[str, Any]]:
     given = r.get("speedup")
     if not given or not given.get("value") or not given.get("paired"):
         return None
-    if given.get("reference") != cell_label({**r, "backend": "eager", "precision": "fp32"}):
+    if given.get("reference") != reference_label(r, "fp32"):
         return None
     return given
 

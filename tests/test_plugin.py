@@ -166,6 +166,24 @@ def test_failed_assertion_keeps_figures(tiny_project):
     assert row["latency_ms"]["p50"] > 0
 
 
+def test_a_cell_is_measured_once_and_new_companions_later_are_an_error(tiny_project):
+    tiny_project.makepyfile(test_suite="""
+        import pytest
+
+        def test_bench(cnnbench):
+            first = cnnbench.run(companions={"idle": lambda: None})
+            assert cnnbench.run() is first and cnnbench.run(companions={"idle": lambda: 1}) is first
+            assert cnnbench.inputs.batch.shape[0] == 1 and len(cnnbench.inputs.labels) == len(cnnbench.inputs.images)
+            with pytest.raises(ValueError, match="measured this cell with companions .'idle'.; a cell is measured once"):
+                cnnbench.run(companions={"other": lambda: None})
+    """)
+    out = tiny_project.path / "out.json"
+    result = run(tiny_project, "--cnn-backend=eager", f"--cnn-json={out}")
+    result.assert_outcomes(passed=1)
+    (row,) = load_results(out)
+    assert list(row["companions_ms"]) == ["idle"]
+
+
 def test_pytest_benchmark_keeps_working_and_carries_figures(tiny_project):
     out = tiny_project.path / "bench.json"
     result = run(tiny_project, "--cnn-backend=ort", f"--benchmark-json={out}")

@@ -233,6 +233,23 @@ def test_table_tells_tests_apart_and_speedup_stays_within_a_test():
     assert table.format_table(rows[:2]).split()[0] == "model"
 
 
+def test_the_table_follows_the_runners_reference_rule_for_bf16_and_precisions_eager_lacks():
+    """bf16 and a precision eager has no path for are measured against eager fp32 (reference_rule): the
+    unpaired speedup and the note on eager's thread count read eager fp32's row, even beside an eager bf16 row."""
+    from pytest_cnnbench import table
+
+    rows = [cell("net", "eager", p50=4.0, threads=2), cell("net", "eager", p50=3.0, precision="bf16", threads=1),
+            cell("net", "openvino", p50=1.0, precision="bf16", threads=1,
+                 speedup={"value": 3.0, "ci95_rel": 0.02, "paired": True, "reference": "net-eager-bs1", "threads": 1}),
+            cell("net", "ort", p50=2.0, precision="int8")]
+    speeds = table.speedups(rows)
+    assert speeds[0]["reference"] is None  # eager fp32: ref
+    assert speeds[1]["value"] == 4.0 / 3.0 and speeds[1]["reference"] == "net-eager-bs1"  # eager bf16: over eager fp32
+    assert speeds[3]["value"] == 2.0 and speeds[3]["reference"] == "net-eager-bs1"  # int8 on the CPU: over eager fp32
+    notes = "\n".join(table.table_notes(rows))
+    assert "net-openvino-bs1-bf16 (eager at 1, its row at 2)" in notes  # eager fp32's row, not eager bf16's
+
+
 def test_table_shows_the_accuracy_cost_of_reduced_precision():
     from pytest_cnnbench import table
     from pytest_cnnbench.results import AccuracyCost

@@ -3,12 +3,9 @@ configuration chooser (configchoice.py) and the pytest-benchmark adapter (pytest
 
 from __future__ import annotations
 
-import ast
 import itertools
 import math
-import statistics
 import time
-from pathlib import Path
 
 import pytest
 

@@ -25,7 +25,7 @@ import itertools
 import os
 import shutil
 import types
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 

@@ -3,7 +3,7 @@ against each other in alternating blocks: the first candidate, the default, stay
 is clearly faster.
 
 Used by ``threadchoice`` (threads) and the TorchScript backend (its variant); the choice and its
-evidence (``ChoiceEvidence.as_dict()``) are what ``tuning`` remembers. Every call is timed by
+evidence (``ChoiceEvidence.as_dict()``) are what ``between_sessions`` remembers. Every call is timed by
 ``timing.timed``, the harness's one timer. No torch here.
 """
 

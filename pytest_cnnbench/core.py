@@ -92,7 +92,7 @@ class BuiltModel:
     preprocess_id: str = ""  # identifies ``preprocess`` in cache keys (e.g. the transform's repr)
     weights_id: str = ""  # which published weights, e.g. "ResNet50_Weights.IMAGENET1K_V2"; "" when none
     # Optional ``calibrate(images)``: adapts the module to the evaluation images before any
-    # measurement (e.g. BatchNorm statistics of random weights). The Workbench calls it once,
+    # measurement (e.g. BatchNorm statistics of random weights). The ProcessCache calls it once,
     # before fingerprinting the module, so caches are keyed on the calibrated weights.
     calibrate: Optional[Callable[["torch.Tensor"], None]] = None
     # For models from a user's ``cnn_model`` fixture (registered models take these from the

@@ -34,7 +34,7 @@ def pytest_cnnbench_update_json(config: pytest.Config, document: dict[str, Any])
 
 def pytest_cnnbench_cell_measured(cell: Any, prepared: Any, result: Any) -> None:
     """Called once per cell after its measurement, while its prepared backend is still open and no
-    timing lock is held: ``cell`` is the ``cnnbench`` fixture's runner (spec, model, workbench, item,
+    timing lock is held: ``cell`` is the ``cnnbench`` fixture's runner (spec, model, process cache, item,
     ``inputs``: the cell's images, labels and batch; ``lock``: the machine's timing lock), ``prepared``
     the backend's prepared model (``artifact_path`` where it has a file on disk), ``result`` the cell's
     ``CellResult`` (``result["key"] = ...`` adds a field to its row; ``result.latency_ms`` is None when

@@ -165,7 +165,7 @@ class PaceReference:
 
     def __init__(self) -> None:
         self.samples: list[float] = []
-        self.remembered: list[float] = []  # earlier sessions' 10th percentiles (tuning.py fills it)
+        self.remembered: list[float] = []  # earlier sessions' 10th percentiles (between_sessions.py fills it)
 
     def add(self, samples: list[float]) -> None:
         self.samples.extend(s for s in samples if s > 0)

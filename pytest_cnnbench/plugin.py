@@ -21,7 +21,7 @@ from .session import CnnBenchSession
 SETTINGS_KEY = pytest.StashKey[Settings]()
 JSON_UPDATER_KEY = pytest.StashKey[Any]()
 SESSION_KEY = pytest.StashKey[CnnBenchSession]()
-WORKBENCH_KEY = pytest.StashKey[Any]()
+PROCESS_CACHE_KEY = pytest.StashKey[Any]()
 PROGRESS_MODE_KEY = pytest.StashKey[str]()  # --cnn-progress, validated
 IDENTITY = pytest.StashKey[dict]()  # per item: the row identity recorded in user_properties
 FIXTURE_MODEL_ID = pytest.StashKey[str]()  # per item: param id of a user's cnn_model fixture
@@ -372,7 +372,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 # -- errors in what the user gave --------------------------------------------------------
 # Bad files of a dataset, a cnn_model fixture that returned something unusable, a zoo name: the
-# message says what to fix, and the harness's own traceback (plugin, workbench, registry) would
+# message says what to fix, and the harness's own traceback (plugin, process cache, registry) would
 # only bury it. Their reports show the message alone, as pytest.fail(..., pytrace=False) does.
 USER_ERRORS = {("pytest_cnnbench.models.fixture_model", "FixtureModelError")}  # that module imports torch: matched by name
 
@@ -393,10 +393,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
 
 
 # -- fixtures ---------------------------------------------------------------------------
-def _workbench(config: pytest.Config) -> Any:
-    bench = config.stash.get(WORKBENCH_KEY, None)
+def _process_cache(config: pytest.Config) -> Any:
+    bench = config.stash.get(PROCESS_CACHE_KEY, None)
     if bench is None:
-        from .workbench import Workbench
+        from .process_cache import ProcessCache
 
         reporter = config.pluginmanager.get_plugin("terminalreporter")
 
@@ -405,7 +405,7 @@ def _workbench(config: pytest.Config) -> Any:
             if not progress.write_line(message) and reporter is not None:
                 reporter.write_line(message)
 
-        bench = config.stash[WORKBENCH_KEY] = Workbench(config.stash[SETTINGS_KEY], log)
+        bench = config.stash[PROCESS_CACHE_KEY] = ProcessCache(config.stash[SETTINGS_KEY], log)
     return bench
 
 
@@ -430,7 +430,7 @@ def cnn_cell(request: pytest.FixtureRequest) -> CellSpec:
     identity = {**spec.as_dict(), "test": request.node.nodeid, "test_name": _test_name(request.node)}
     request.node.user_properties.append((R.CELL_PROPERTY, identity))
     request.node.stash[IDENTITY] = identity
-    from .workbench import resolve_device
+    from .process_cache import resolve_device
     from . import registry as reg
 
     device = identity["device"] = resolve_device(spec.device)
@@ -473,7 +473,7 @@ def cnn_model(cnn_cell: CellSpec, request: pytest.FixtureRequest) -> Any:
 
     try:
         with MachineLock("cpu").shared():  # building (training LeNet, say) never runs beside another worker's timing
-            return _workbench(request.config).registered_model(cnn_cell).built
+            return _process_cache(request.config).registered_model(cnn_cell).built
     except CellSkip as exc:
         pytest.skip(str(exc))
 
@@ -484,7 +484,7 @@ def cnnbench(cnn_cell: CellSpec, cnn_model: Any, request: pytest.FixtureRequest)
     from .models.fixture_model import check_fixture_model
     from .runner import CellRunner
 
-    bench = _workbench(request.config)
+    bench = _process_cache(request.config)
     identity = request.node.stash[IDENTITY]
     spec = cnn_cell
     if spec.model_fixture is None:

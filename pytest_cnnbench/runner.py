@@ -20,13 +20,13 @@ from .cell.pipeline import Measurement, measure
 from .cell.publish import fail_if_disturbed, publish
 from .core import CellSpec
 from .stats import LatencyStats
-from .workbench import CellModel, Workbench
+from .process_cache import CellModel, ProcessCache
 
 
 class CellRunner:
     """The ``cnnbench`` fixture: ``run()`` measures the cell; ``check_accuracy()`` asserts thresholds."""
 
-    def __init__(self, spec: CellSpec, bench: Workbench, request: pytest.FixtureRequest, identity: dict[str, Any],
+    def __init__(self, spec: CellSpec, bench: ProcessCache, request: pytest.FixtureRequest, identity: dict[str, Any],
                  model: CellModel, device: str) -> None:
         lock = worklock.for_device(device, bench.claim_gpu() if device == "cuda" else 0)
         self._cell = CellContext(spec, bench, request, identity, model, device, registry.backends.create(spec.backend), lock)

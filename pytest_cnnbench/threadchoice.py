@@ -3,7 +3,7 @@
 One thread first: it stays fast when other processes take a core (threads of one call waiting
 on a descheduled sibling cost milliseconds); more threads replace it only when clearly faster,
 compared interleaved (``configchoice.choose_configuration``). A probed choice is remembered for this
-machine and cell (tuning.py), so later sessions measure the same configuration.
+machine and cell (between_sessions.py), so later sessions measure the same configuration.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ def candidates(device: str, option: Optional[int], chosen: dict[tuple, int], cel
 
 def remembered(cache: Any, cell: tuple, reprobe: bool = False) -> Optional[int]:
     """The thread count an earlier session's probe chose for this cell on this machine, if any."""
-    from . import tuning
+    from . import between_sessions
 
-    record = tuning.remembered_choice(cache, KIND, cell, reprobe)
+    record = between_sessions.remembered_choice(cache, KIND, cell, reprobe)
     choice = record.get("choice") if record else None
     return choice if isinstance(choice, int) and choice >= 1 else None
 
@@ -60,11 +60,11 @@ def probe(calls: dict[int, Callable[[], Any]], set_threads: Callable[[int], None
 def remember(cache: Any, cell: tuple, threads: int, comparison: ChoiceEvidence) -> bool:
     """Remember a probe's choice for later sessions, only when the probe decided (an undecided
     probe kept the default for want of evidence: a later session probes again). True if remembered."""
-    from . import tuning
+    from . import between_sessions
 
     if not comparison.decided:
         return False
-    tuning.remember_choice(cache, KIND, cell, threads, comparison.as_dict())
+    between_sessions.remember_choice(cache, KIND, cell, threads, comparison.as_dict())
     return True
 
 

@@ -18,7 +18,7 @@ import time
 import warnings
 from pathlib import Path
 
-from pytest_cnnbench import tuning
+from pytest_cnnbench import between_sessions
 from pytest_cnnbench.cache import ArtifactCache
 
 KEYS = ("alpha", "beta", "gamma")
@@ -45,14 +45,14 @@ def main(cache_dir: str, log_dir: str, worker: str, start_at: str) -> None:
             path, _ = cache.get_or_build("race", key, ".bin", build)
             read[key] = path.read_text().splitlines()[0]
         for session in range(SESSIONS_PER_WORKER):
-            tuning.SESSION_ID = f"w{worker}-s{session}"
-            tuning.add_session(cache, CELL, {"p50": float(session)}, keep=1000)
-            tuning.remember_pace(cache, 0.001 * (1 + session), keep=1000)
+            between_sessions.SESSION_ID = f"w{worker}-s{session}"
+            between_sessions.add_session(cache, CELL, {"p50": float(session)}, keep=1000)
+            between_sessions.remember_pace(cache, 0.001 * (1 + session), keep=1000)
             # Read back while the others rewrite the record.
             for key in KEYS:
                 if cache.lookup("race", key, ".bin") is None:
                     read[key] = "missing"
-            tuning.earlier_p50s(cache, CELL)
+            between_sessions.earlier_p50s(cache, CELL)
     (logs / f"warnings-{worker}.txt").write_text("".join(f"{w.message}\n" for w in caught))
     (logs / f"read-{worker}.json").write_text(json.dumps(read))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cache_race_worker import CELL, KEYS, SESSIONS_PER_WORKER
 
-from pytest_cnnbench import tuning
+from pytest_cnnbench import between_sessions
 from pytest_cnnbench.cache import ArtifactCache
 
 WORKERS = 4
@@ -40,11 +40,11 @@ def test_processes_racing_on_one_cache_build_once_and_lose_nothing(tmp_path, mon
         read = json.loads((logs / f"read-{worker}.json").read_text())
         # Every process got the one published build, and it stayed published.
         assert read == {key: f"{key} built by worker {builds[key][0]}" for key in KEYS}, (worker, read)
-    monkeypatch.setattr(tuning, "SESSION_ID", "the-checking-session")
-    record = tuning.load(cache, tuning.record_key("sessions", *CELL))
+    monkeypatch.setattr(between_sessions, "SESSION_ID", "the-checking-session")
+    record = between_sessions.load(cache, between_sessions.record_key("sessions", *CELL))
     every_session = sorted(f"w{w}-s{s}" for w in range(WORKERS) for s in range(SESSIONS_PER_WORKER))
     assert sorted(s["session"] for s in record["sessions"]) == every_session
-    pace = tuning.load(cache, tuning.record_key("pace"))
+    pace = between_sessions.load(cache, between_sessions.record_key("pace"))
     assert sorted(s["session"] for s in pace["sessions"]) == every_session
 
 
@@ -100,32 +100,32 @@ def test_an_entry_that_does_not_load_is_discarded_and_rebuilt(tmp_path):
 
 def test_pace_record_is_rewritten_only_when_this_sessions_pace_moves(tmp_path, monkeypatch):
     """Every cell reports the session's pace; the shared record changes only when the pace does."""
-    monkeypatch.setattr(tuning, "SESSION_ID", "pace-session")
+    monkeypatch.setattr(between_sessions, "SESSION_ID", "pace-session")
     cache = ArtifactCache(tmp_path)
-    record = cache.path(tuning.KIND, tuning.record_key("pace"), ".json")
-    tuning.remember_pace(cache, 0.0010)
+    record = cache.path(between_sessions.KIND, between_sessions.record_key("pace"), ".json")
+    between_sessions.remember_pace(cache, 0.0010)
     first = record.stat().st_ino  # each write publishes a new file
-    tuning.remember_pace(cache, 0.0010)
-    tuning.remember_pace(cache, 0.0010 * (1 + tuning.PACE_REWRITE_CHANGE / 2))
+    between_sessions.remember_pace(cache, 0.0010)
+    between_sessions.remember_pace(cache, 0.0010 * (1 + between_sessions.PACE_REWRITE_CHANGE / 2))
     assert record.stat().st_ino == first
-    tuning.remember_pace(cache, 0.0012)
+    between_sessions.remember_pace(cache, 0.0012)
     assert record.stat().st_ino != first
-    monkeypatch.setattr(tuning, "SESSION_ID", "later")
-    assert tuning.earlier_paces(cache) == [0.0012]  # one entry for the session, its latest pace
+    monkeypatch.setattr(between_sessions, "SESSION_ID", "later")
+    assert between_sessions.earlier_paces(cache) == [0.0012]  # one entry for the session, its latest pace
 
 
 def test_another_process_of_the_session_leaves_the_pace_record_alone_when_the_pace_barely_moved(tmp_path, monkeypatch):
     """pytest-xdist's workers share one session id: a worker that has written nothing yet reads the
     session's entry in the record itself, and rewrites it only when the pace moved."""
-    monkeypatch.setattr(tuning, "SESSION_ID", "shared-session")
-    monkeypatch.setattr(tuning, "_last_pace_written", {})
+    monkeypatch.setattr(between_sessions, "SESSION_ID", "shared-session")
+    monkeypatch.setattr(between_sessions, "_last_pace_written", {})
     cache = ArtifactCache(tmp_path)
-    record = cache.path(tuning.KIND, tuning.record_key("pace"), ".json")
-    tuning.remember_pace(cache, 0.0010)
+    record = cache.path(between_sessions.KIND, between_sessions.record_key("pace"), ".json")
+    between_sessions.remember_pace(cache, 0.0010)
     first = record.stat().st_ino
-    tuning._last_pace_written.clear()  # as in another worker process
-    tuning.remember_pace(cache, 0.0010 * (1 + tuning.PACE_REWRITE_CHANGE / 2))
+    between_sessions._last_pace_written.clear()  # as in another worker process
+    between_sessions.remember_pace(cache, 0.0010 * (1 + between_sessions.PACE_REWRITE_CHANGE / 2))
     assert record.stat().st_ino == first
-    tuning._last_pace_written.clear()
-    tuning.remember_pace(cache, 0.0012)
+    between_sessions._last_pace_written.clear()
+    between_sessions.remember_pace(cache, 0.0012)
     assert record.stat().st_ino != first

@@ -185,12 +185,12 @@ def test_bench(cnnbench):
 
 
 def test_a_bare_module_is_wrapped_by_one_rule_for_factories_and_fixtures():
-    """workbench.wrap_bare_module: a bare nn.Module (a registered factory's or a cnn_model fixture's) gets its
+    """process_cache.wrap_bare_module: a bare nn.Module (a registered factory's or a cnn_model fixture's) gets its
     dataset's preprocessing for bare modules (ImageNet folders hold PIL images), else uint8 scaled to [0, 1]."""
     import torch
     from PIL import Image
 
-    from pytest_cnnbench.workbench import scale_uint8, wrap_bare_module
+    from pytest_cnnbench.process_cache import scale_uint8, wrap_bare_module
 
     module = torch.nn.Identity()
     for dataset in ("mnist", "synthetic", None):

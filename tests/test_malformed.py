@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_cnnbench import tuning
+from pytest_cnnbench import between_sessions
 from pytest_cnnbench.cache import ArtifactCache, CacheWarning
 
 ROW = {"model": "tiny", "backend": "eager", "batch_size": 1, "precision": "fp32", "device": "cpu", "status": "passed",
@@ -100,17 +100,17 @@ def test_tuning_record_of_the_wrong_shape_is_discarded(tmp_path, case):
     parts = ("tiny", "cpu", "fp32", 1)
     text = json.dumps(WRONG_RECORDS[case])
     for what in ("sessions", "threads", "torchscript-variant", "pace"):
-        key = tuning.record_key(what, *parts) if what != "pace" else tuning.record_key("pace")
-        cache.store(tuning.KIND, key, ".json", lambda tmp: tmp.write_text(text))
+        key = between_sessions.record_key(what, *parts) if what != "pace" else between_sessions.record_key("pace")
+        cache.store(between_sessions.KIND, key, ".json", lambda tmp: tmp.write_text(text))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert tuning.earlier_p50s(cache, parts) == []
-        assert tuning.remembered_choice(cache, "threads", parts) is None
-        assert tuning.remembered_choice(cache, "torchscript-variant", parts) is None
-        assert tuning.earlier_paces(cache) == []
-        tuning.add_session(cache, parts, {"p50": 2.0}, keep=5)  # rewrites a good record in its place
+        assert between_sessions.earlier_p50s(cache, parts) == []
+        assert between_sessions.remembered_choice(cache, "threads", parts) is None
+        assert between_sessions.remembered_choice(cache, "torchscript-variant", parts) is None
+        assert between_sessions.earlier_paces(cache) == []
+        between_sessions.add_session(cache, parts, {"p50": 2.0}, keep=5)  # rewrites a good record in its place
     assert any("not a tuning record" in str(w.message) for w in caught), [str(w.message) for w in caught]
-    record = tuning.load(cache, tuning.record_key("sessions", *parts))
+    record = between_sessions.load(cache, between_sessions.record_key("sessions", *parts))
     assert [s["p50"] for s in record["sessions"]] == [2.0]
 
 

@@ -1,4 +1,4 @@
-"""The statistics (stats.py), the machine's load (machine.py) and remembered choices (tuning.py): none needs torch."""
+"""The statistics (stats.py), the machine's load (machine.py) and remembered choices (between_sessions.py): none needs torch."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_cnnbench import machine, tuning
+from pytest_cnnbench import machine, between_sessions
 from pytest_cnnbench import stats as measure
 from pytest_cnnbench.cache import ArtifactCache
 
@@ -191,26 +191,26 @@ def test_sample_sees_a_busy_neighbour():
 def test_choices_are_remembered_per_machine_and_cell(tmp_path, monkeypatch):
     cache = ArtifactCache(tmp_path)
     cell = ("modelkey", "eager", 1, "fp32", "cpu", "mnist", (1, 28, 28))
-    assert tuning.remembered_choice(cache, "threads", cell) is None
-    tuning.remember_choice(cache, "threads", cell, 2, {"verdict": "2 clearly faster"})
-    assert tuning.remembered_choice(cache, "threads", cell)["choice"] == 2
-    assert tuning.remembered_choice(cache, "threads", cell, reprobe=True) is None
-    assert tuning.remembered_choice(cache, "threads", ("otherkey", *cell[1:])) is None
-    identity = tuning.machine_identity()
-    monkeypatch.setattr(tuning, "machine_identity", lambda: {**identity, "torch": "0.0.1"})
-    assert tuning.remembered_choice(cache, "threads", cell) is None  # new versions: probe again
+    assert between_sessions.remembered_choice(cache, "threads", cell) is None
+    between_sessions.remember_choice(cache, "threads", cell, 2, {"verdict": "2 clearly faster"})
+    assert between_sessions.remembered_choice(cache, "threads", cell)["choice"] == 2
+    assert between_sessions.remembered_choice(cache, "threads", cell, reprobe=True) is None
+    assert between_sessions.remembered_choice(cache, "threads", ("otherkey", *cell[1:])) is None
+    identity = between_sessions.machine_identity()
+    monkeypatch.setattr(between_sessions, "machine_identity", lambda: {**identity, "torch": "0.0.1"})
+    assert between_sessions.remembered_choice(cache, "threads", cell) is None  # new versions: probe again
 
 
 def test_earlier_sessions_exclude_this_one_and_keep_the_latest(tmp_path, monkeypatch):
     cache = ArtifactCache(tmp_path)
     parts = ("cell", 1, "CPUExecutionProvider")
     for index in range(5):
-        monkeypatch.setattr(tuning, "SESSION_ID", f"s{index}")
-        tuning.add_session(cache, parts, {"p50": 1.0 + index}, keep=3)
-    assert tuning.earlier_p50s(cache, parts) == [3.0, 4.0]  # s4 is "this" session; only the last 3 were kept
-    tuning.add_session(cache, parts, {"p50": 9.0}, keep=3)  # this session again: replaces its own entry
-    monkeypatch.setattr(tuning, "SESSION_ID", "later")
-    assert tuning.earlier_p50s(cache, parts) == [3.0, 4.0, 9.0]
+        monkeypatch.setattr(between_sessions, "SESSION_ID", f"s{index}")
+        between_sessions.add_session(cache, parts, {"p50": 1.0 + index}, keep=3)
+    assert between_sessions.earlier_p50s(cache, parts) == [3.0, 4.0]  # s4 is "this" session; only the last 3 were kept
+    between_sessions.add_session(cache, parts, {"p50": 9.0}, keep=3)  # this session again: replaces its own entry
+    monkeypatch.setattr(between_sessions, "SESSION_ID", "later")
+    assert between_sessions.earlier_p50s(cache, parts) == [3.0, 4.0, 9.0]
 
 
 def test_only_sessions_known_to_run_at_the_usual_pace_join_the_history():

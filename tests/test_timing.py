@@ -183,7 +183,7 @@ def test_thread_probe_of_slow_noisy_calls_decides_and_only_a_decision_is_remembe
     host: 100 ms, and 60 ms swinging 2.9x either way from call to call (log sd 0.88). Within a
     2 s budget they get about 11 rounds, too few to tell 0.6x from 1x through that swing (the old
     rule ended there undecided and kept 1 thread); the probe's rounds, not seconds, must decide."""
-    from pytest_cnnbench import threadchoice, tuning
+    from pytest_cnnbench import threadchoice, between_sessions
     from pytest_cnnbench.cache import ArtifactCache
 
     swing = itertools.cycle([math.exp(1.08), math.exp(-1.08), 1.0])
@@ -200,5 +200,5 @@ def test_thread_probe_of_slow_noisy_calls_decides_and_only_a_decision_is_remembe
     assert threadchoice.remember(cache, cell, 2, comparison)
     assert threadchoice.remembered(cache, cell) == 2
     # Choices remembered under the old rule (undecided probes stored as decisions) are not trusted.
-    tuning.remember_choice(cache, "threads", ("other", *cell[1:]), 1, {"verdict": "undecided after 6 rounds: kept 1"})
+    between_sessions.remember_choice(cache, "threads", ("other", *cell[1:]), 1, {"verdict": "undecided after 6 rounds: kept 1"})
     assert threadchoice.remembered(cache, ("other", *cell[1:])) is None

@@ -27,7 +27,7 @@ SUITE = REPO / "suites" / "test_imagenet_models.py"
 # Few timed calls, one thread (no probing): the accuracy and agreement passes are what these check.
 FAST = ["--cnn-warmup=1", "--cnn-min-rounds=2", "--cnn-max-rounds=3", "--cnn-max-time=0.05", "--cnn-min-time=0.01",
         "--cnn-threads=1", "--cnn-no-download", "-p", "no:cacheprovider"]
-INTERNALS = ("Traceback", "plugin.py", "workbench.py", "registry.py", "imagefolder.py", "runner.py")
+INTERNALS = ("Traceback", "plugin.py", "process_cache.py", "registry.py", "imagefolder.py", "runner.py")
 
 
 def shared_data() -> Path | None:

@@ -27,7 +27,7 @@ class PrepareContext:
     calibration_method: str = "minmax"  # --cnn-calibration: minmax, entropy or percentile
     calibration_note: str = ""  # which images ``calibration`` holds, e.g. "64 MNIST training images"
     inductor_mode: str = "default"  # --cnn-inductor-mode, for the inductor backend
-    reprobe: bool = False  # --cnn-reprobe: choose variants afresh rather than reuse the remembered choice (tuning.py)
+    reprobe: bool = False  # --cnn-reprobe: choose variants afresh rather than reuse the remembered choice (between_sessions.py)
 
 
 class Prepared(Protocol):

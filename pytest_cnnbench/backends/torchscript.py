@@ -6,7 +6,7 @@ optimize_for_inference speeds up large convolutions on the CPU but slows small
 models (layout conversions around every op: LeNet at batch size 1 ran at half of
 eager's speed with it), so both variants are compared, interleaved, and the optimized one
 is kept only when it is clearly faster, as one would by hand; the provider names the
-choice. The choice is remembered per machine and cell (``tuning.py``), so later sessions
+choice. The choice is remembered per machine and cell (``between_sessions.py``), so later sessions
 measure the same variant.
 """
 
@@ -69,11 +69,11 @@ class TorchScriptBackend:
     def _fastest(self, frozen: torch.jit.ScriptModule, ctx: PrepareContext) -> tuple[torch.jit.ScriptModule, str]:
         """The remembered variant for this machine and cell, else both compared now (interleaved)
         and the choice remembered. "frozen" is the default: optimize_for_inference must earn its place."""
-        from .. import tuning
+        from .. import between_sessions
 
         parts = (ctx.model_key, ctx.device, ctx.precision, ctx.batch_size, tuple(ctx.input_shape),
                  ctx.threads or torch.get_num_threads())
-        record = tuning.remembered_choice(ctx.cache, "torchscript-variant", parts, ctx.reprobe)
+        record = between_sessions.remembered_choice(ctx.cache, "torchscript-variant", parts, ctx.reprobe)
         if record is not None and record["choice"] == "frozen":
             return frozen, "frozen"
         progress.update("TorchScript optimize_for_inference, then timing it against the frozen module")
@@ -94,5 +94,5 @@ class TorchScriptBackend:
         calls = {name: (lambda m=module: (m(example), sync())) for name, module in variants.items()}
         with torch.inference_mode():
             comparison = choose_configuration(calls)
-        tuning.remember_choice(ctx.cache, "torchscript-variant", parts, comparison.choice, comparison.as_dict())
+        between_sessions.remember_choice(ctx.cache, "torchscript-variant", parts, comparison.choice, comparison.as_dict())
         return variants[comparison.choice], comparison.choice

@@ -15,7 +15,7 @@ from .. import progress
 from .. import results as R
 from ..accuracy import accuracy_from_logits, agreement, evaluate, paired_counts
 from ..backends.base import THREADS_AT_PREPARE, THREADS_TORCH, PrepareContext, Prepared, thread_use
-from ..workbench import ACCURACY_BATCH, accuracy_batch
+from ..process_cache import ACCURACY_BATCH, accuracy_batch
 from .context import CellContext, all_cores
 from .inputs import Inputs
 

@@ -12,16 +12,16 @@ import torch
 
 from ..core import CellSpec
 from ..pytestbenchmark import benchmark_disabled
-from ..workbench import CellModel, Workbench
+from ..process_cache import CellModel, ProcessCache
 
 
 @dataclasses.dataclass(frozen=True)
 class CellContext:
-    """One cell: its spec, model and backend, the process's shared ``Workbench``, the test's request and
+    """One cell: its spec, model and backend, the process's shared ``ProcessCache``, the test's request and
     the machine lock (``worklock``: shared while preparing, exclusive while timing). Read-only."""
 
     spec: CellSpec
-    bench: Workbench
+    bench: ProcessCache
     request: pytest.FixtureRequest
     identity: dict[str, Any]
     model: CellModel
@@ -38,7 +38,7 @@ class CellContext:
         return benchmark_disabled(self.request.config)
 
     def choice_parts(self, backend: Optional[str] = None, precision: Optional[str] = None) -> tuple:
-        """The cell, as remembered choices and earlier sessions are keyed (with the machine, in tuning.py)."""
+        """The cell, as remembered choices and earlier sessions are keyed (with the machine, in between_sessions.py)."""
         spec = self.spec
         return (self.model.key, backend or spec.backend, spec.batch_size, precision or spec.precision,
                 self.device, spec.dataset, tuple(self.model.info.input_shape))

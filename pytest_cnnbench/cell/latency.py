@@ -155,13 +155,13 @@ def _with_history(cell: CellContext, session: _Session, rules: TimingRules, resu
                   reference: Optional[ReferenceCompanion]) -> LatencyStats:
     """The cell's statistics with the between-session term (this cell, in this configuration, in earlier
     sessions on this machine) and the pace term; its paired speedup; this session joins the history."""
-    from .. import machine, tuning
+    from .. import machine, between_sessions
 
     timing, load, disturbed = session.timing, session.load, session.disturbed
     result.machine = load.as_dict()
     result.timing_window = {"start": timing.window[0], "end": timing.window[1]}
     parts = (*cell.choice_parts(), result.threads, result.provider)
-    earlier = tuning.earlier_p50s(cell.bench.cache, parts)
+    earlier = between_sessions.earlier_p50s(cell.bench.cache, parts)
     stats = timing.stats.with_sessions(session_spread(earlier), len(earlier), rules.target_ci,
                                        pace_spread(load.pace, machine.PACE_TOLERANCE), disturbed,
                                        host_moved_it=host_moved_it(timing))
@@ -174,7 +174,7 @@ def _with_history(cell: CellContext, session: _Session, rules: TimingRules, resu
         # Every session at the machine's usual pace counts, disturbed ones too (leaving out the
         # sessions that strayed would understate how far sessions stray); one timed while the
         # machine ran slow owes its deviation to that, which its own pace term states.
-        tuning.add_session(cell.bench.cache, parts, {"p50": stats.p50, "ci95_within": stats.ci95_within,
+        between_sessions.add_session(cell.bench.cache, parts, {"p50": stats.p50, "ci95_within": stats.ci95_within,
                                                      "stable": stats.stable, "pace": load.pace,
                                                      "others_cpu": result.machine["others_cpu"]}, SESSION_HISTORY)
     return stats
@@ -184,34 +184,34 @@ def _speedup(cell: CellContext, paired: tuple[float, float, int], reference: str
              threads: Optional[int] = None) -> Speedup:
     """The paired speedup with its interval: within this session (chunk by chunk) and between
     sessions (this cell's earlier paired speedups), in quadrature."""
-    from .. import tuning
+    from .. import between_sessions
 
     value, within, chunks = paired
     # Its own history, beside the p50's. "equal threads": speedups timed with eager at its own
     # row's thread count (and, earlier, beside spinning ORT sessions) measured something else,
     # and must not widen today's.
     key = (*parts, "speedup over", reference, "paired at equal threads")
-    earlier = tuning.earlier_p50s(cell.bench.cache, key)
+    earlier = between_sessions.earlier_p50s(cell.bench.cache, key)
     between = session_spread(earlier)
     total = math.sqrt(within ** 2 + between ** 2) if math.isfinite(within) else math.inf
     if remember:
-        tuning.add_session(cell.bench.cache, key, {"p50": value, "ci95_within": within}, SESSION_HISTORY)
+        between_sessions.add_session(cell.bench.cache, key, {"p50": value, "ci95_within": within}, SESSION_HISTORY)
     return Speedup(value, total, True, reference, within, between, chunks, threads)
 
 
 def _pace(cell: CellContext, probes: list[float]) -> Optional[float]:
     """How much slower than its usual the machine ran over these probes (None: no reference yet).
     The probes join this process's record, and its 10th percentile is remembered for later sessions."""
-    from .. import machine, tuning
+    from .. import machine, between_sessions
 
     bench = cell.bench
     if not bench.pace_loaded:
-        machine.PACE.remembered = tuning.earlier_paces(bench.cache)
+        machine.PACE.remembered = between_sessions.earlier_paces(bench.cache)
         bench.pace_loaded = True
     machine.PACE.add(probes)
     own = machine.PACE.own()
     if own is not None:
-        tuning.remember_pace(bench.cache, own)
+        between_sessions.remember_pace(bench.cache, own)
     return machine.pace_of(probes, machine.PACE.reference())
 
 

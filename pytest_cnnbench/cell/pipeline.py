@@ -12,7 +12,7 @@ import torch
 
 from .. import results as R
 from ..backends.base import PrepareContext, Prepared
-from ..workbench import device_name
+from ..process_cache import device_name
 from .accuracy import AccuracyFigures, measure_accuracy
 from .context import CellContext, phase
 from .inputs import Inputs, load_inputs

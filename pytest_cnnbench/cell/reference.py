@@ -20,7 +20,7 @@ REFERENCE = "reference"  # the companion name of the eager reference a cell's sp
 
 
 def reference_logits(cell: CellContext, inputs: Inputs, phases: dict[str, float]) -> torch.Tensor:
-    """Eager fp32's logits on the evaluated images (from the workbench's caches where it has them).
+    """Eager fp32's logits on the evaluated images (from the process cache where it has them).
     Run before the cell's memory span: its pass is not the cell's, and on a GPU its allocations would
     inflate the cell's device peak."""
     with phase(phases, "accuracy"), cell.lock.shared(), all_cores():

@@ -9,7 +9,7 @@ import torch
 
 from .. import registry
 from ..core import BuiltModel, CellSpec
-from ..workbench import ModelInfo, wrap_bare_module
+from ..process_cache import ModelInfo, wrap_bare_module
 
 
 class FixtureModelError(Exception):

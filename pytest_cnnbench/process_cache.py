@@ -1,6 +1,6 @@
 """Per-process state of the measuring side: built models, decoded datasets, eager references.
 
-One ``Workbench`` per pytest process (kept in ``config.stash``). It builds and caches what
+One ``ProcessCache`` per pytest process (kept in ``config.stash``). It builds and caches what
 several cells share; running one cell is ``runner.CellRunner``'s job. Imported only when
 a cell runs, so torch stays out of collection.
 """
@@ -121,7 +121,7 @@ def _logits_loader(count: int) -> Callable[[Path], torch.Tensor]:
     return load
 
 
-class Workbench:
+class ProcessCache:
     def __init__(self, settings: Settings, log: Callable[[str], None]) -> None:
         self.settings = settings
         self.cache = ArtifactCache(settings.cache_dir, log)
@@ -138,7 +138,7 @@ class Workbench:
         # runs again in this session (another test, a repeat) measures the same configuration.
         self.chosen_threads: dict[tuple, int] = {}
         self.unclaimed_build_s = 0.0  # model building done in a fixture, before its cell's clock started
-        self.pace_loaded = False  # earlier sessions' pace read from the cache (tuning.py) for machine.PACE
+        self.pace_loaded = False  # earlier sessions' pace read from the cache (between_sessions.py) for machine.PACE
         self.gpu_index = 0  # the GPU this process times on (each xdist worker its own, see ``claim_gpu``)
         self.gpu_claimed = False
 
@@ -296,7 +296,7 @@ class Workbench:
         """A prepared backend's accuracy logits on a dataset, from the disk cache or ``compute()``d and
         kept: ``(logits, from_disk)``. Keyed like the eager reference, plus what runs (``artifact_id``:
         the artifact and its runtime's version) and the machine (kernels differ between CPUs)."""
-        from .tuning import machine_identity
+        from .between_sessions import machine_identity
 
         identity = machine_identity()
         disk_key = hash_parts("logits", artifact_id, model.key, content_id, model.built.preprocess_id, device,

@@ -88,18 +88,27 @@ def choose_configuration(calls: dict[Any, Callable[[], Any]], before: Optional[d
         if rounds < min_rounds:
             continue
         ratios = {key: paired_ratio(medians[key], medians[default]) for key in keys[1:]}
-        undecided = [key for key, (_, lo, hi) in ratios.items() if lo < 1 - margin < hi]
-        if not undecided or (rounds >= decisive_rounds and time.perf_counter() > deadline):
+        if not _undecided(ratios, margin) or (rounds >= decisive_rounds and time.perf_counter() > deadline):
             break
+    return _evidence(medians, ratios, default, margin, rounds)
+
+
+def _undecided(ratios: dict[Any, tuple[float, float, float]], margin: float) -> list[Any]:
+    """Candidates whose interval still straddles ``1 - margin``: neither clearly faster nor clearly not."""
+    return [key for key, (_, lo, hi) in ratios.items() if lo < 1 - margin < hi]
+
+
+def _evidence(medians: dict[Any, list[float]], ratios: dict[Any, tuple[float, float, float]], default: Any,
+              margin: float, rounds: int) -> ChoiceEvidence:
+    """The choice the rounds support: the fastest of the clearly faster candidates, else the default."""
     faster = [key for key, (_, _, hi) in ratios.items() if hi < 1 - margin]
     overall = {key: statistics.median(values) * 1000 for key, values in medians.items()}
+    undecided = _undecided(ratios, margin)
     if faster:
         choice = min(faster, key=lambda k: overall[k])
         verdict = f"{choice} clearly faster ({ratios[choice][0]:.2f}x the time of {default}, 95% up to {ratios[choice][2]:.2f}x)"
     else:
         choice = default
-        undecided = [key for key, (_, lo, hi) in ratios.items() if lo < 1 - margin < hi]
         verdict = (f"undecided after {rounds} rounds: kept {default}" if undecided
                    else f"no candidate clearly faster than {default}")
-    decided = not [key for key, (_, lo, hi) in ratios.items() if lo < 1 - margin < hi]
-    return ChoiceEvidence(choice, overall, ratios, rounds, verdict, decided)
+    return ChoiceEvidence(choice, overall, ratios, rounds, verdict, not undecided)

@@ -46,7 +46,7 @@ class RegistrationError(ValueError):
     """A name registered a second time without ``replace=True``; the message names both places."""
 
 
-def resolve(target: str) -> Callable[..., Any]:
+def import_target(target: str) -> Callable[..., Any]:
     """The function (or class) a ``"module:function"`` string names."""
     module, _, function = target.partition(":")
     return getattr(importlib.import_module(module), function)
@@ -55,7 +55,7 @@ def resolve(target: str) -> Callable[..., Any]:
 def _lazy(target: str) -> Callable[..., Any]:
     """A callable that imports ``target`` when first called (for callables in built-in metadata)."""
     def call(*args: Any, **kwargs: Any) -> Any:
-        return resolve(target)(*args, **kwargs)
+        return import_target(target)(*args, **kwargs)
 
     call.__qualname__ = call.__name__ = target
     return call
@@ -85,7 +85,7 @@ class Entry(Generic[T]):
 
     @property
     def factory(self) -> Callable[..., T]:
-        return resolve(self.target) if isinstance(self.target, str) else self.target
+        return import_target(self.target) if isinstance(self.target, str) else self.target
 
 
 class Registry(Generic[T]):

@@ -105,7 +105,7 @@ class _ForwardingSut:
     def __init__(self, lg: Any, np: Any, conn: Any, response_spin_s: float) -> None:
         self.lg, self.np, self.conn = lg, np, conn
         self.response_spin_s = response_spin_s
-        self.send_lock = threading.Lock()
+        self.send_lock = threading.Lock()  # LoadGen's issuing thread and the main thread both send
         self.outstanding: dict[int, bool] = {}  # sample ids sent to the parent, not yet completed
         self.outstanding_lock = threading.Lock()
         self.errors: list[str] = []

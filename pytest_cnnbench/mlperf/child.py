@@ -98,6 +98,118 @@ def die_with_parent(parent_pid: int, from_main_thread: bool) -> None:
     threading.Thread(target=watch, name="cnnbench-parent-watchdog", daemon=True).start()
 
 
+class _ForwardingSut:
+    """The child's side of the SUT: LoadGen's queries go to the parent over ``conn``; the parent's
+    answers come back on the receiver thread, which completes the samples."""
+
+    def __init__(self, lg: Any, np: Any, conn: Any, response_spin_s: float) -> None:
+        self.lg, self.np, self.conn = lg, np, conn
+        self.response_spin_s = response_spin_s
+        self.send_lock = threading.Lock()  # LoadGen's issuing thread and the main thread both send
+        self.outstanding: dict[int, bool] = {}  # sample ids sent to the parent, not yet completed
+        self.outstanding_lock = threading.Lock()
+        self.errors: list[str] = []
+        self.keep: list[Any] = []  # response buffers stay alive until LoadGen copied them
+
+    def send(self, message: tuple) -> bool:
+        try:
+            with self.send_lock:
+                self.conn.send(message)
+            return True
+        except (OSError, EOFError, ValueError):
+            return False
+
+    def complete(self, ids: list[int], data: Optional[bytes]) -> None:
+        """Complete ``ids`` with the parent's predictions (int32 bytes), or empty where there are none."""
+        lg, np = self.lg, self.np
+        responses = []
+        buffers = []
+        if data:
+            array = np.frombuffer(data, dtype=np.int32)
+            per = max(1, len(array) // max(1, len(ids)))
+            for i, sample_id in enumerate(ids):
+                buf = np.ascontiguousarray(array[i * per:(i + 1) * per])
+                buffers.append(buf)
+                responses.append(lg.QuerySampleResponse(sample_id, buf.ctypes.data, buf.nbytes))
+        else:
+            responses = [lg.QuerySampleResponse(sample_id, 0, 0) for sample_id in ids]
+        with self.outstanding_lock:
+            for sample_id in ids:
+                self.outstanding.pop(sample_id, None)
+        self.keep.append(buffers)
+        lg.QuerySamplesComplete(responses)
+        self.keep.clear()
+
+    def issue(self, samples: Any) -> None:
+        """LoadGen's issue callback. Never raises (LoadGen would abort the test and crash the interpreter at exit)."""
+        try:
+            ids = [s.id for s in samples]
+            indices = [s.index for s in samples]
+            with self.outstanding_lock:
+                for sample_id in ids:
+                    self.outstanding[sample_id] = True
+            if not self.send(("q", ids, indices)):
+                self.errors.append("the parent stopped serving queries")
+                self.complete(ids, None)
+        except Exception as exc:  # pragma: no cover - defensive
+            self.errors.append(f"issue_query: {type(exc).__name__}: {exc}")
+            try:
+                self.complete([s.id for s in samples], None)
+            except Exception:
+                pass
+
+    def receive(self) -> None:
+        """The receiver thread: complete each answer until the parent stops, then whatever is left."""
+        while True:
+            try:
+                message = _receive(self.conn, self.response_spin_s)
+            except (EOFError, OSError):
+                break
+            if message[0] == "stop":
+                break
+            _, ids, data, error = message
+            if error and len(self.errors) < 5:
+                self.errors.append(error)
+            try:
+                self.complete(ids, data if not error else None)
+            except Exception as exc:  # pragma: no cover
+                self.errors.append(f"QuerySamplesComplete: {exc}")
+        # The parent is gone or stopped: complete what is left, so StartTest returns.
+        with self.outstanding_lock:
+            left = list(self.outstanding)
+        if left:
+            self.errors.append(f"{len(left)} sample(s) never answered")
+            self.complete(left, None)
+
+
+def _log_settings(lg: Any, out_dir: str) -> Any:
+    """LoadGen's logs into ``out_dir`` as ``mlperf_log_*``, no summary on the child's stdout, no trace."""
+    log_output = lg.LogOutputSettings()
+    log_output.outdir = out_dir
+    log_output.prefix = "mlperf_log_"
+    log_output.copy_summary_to_stdout = False
+    log_settings = lg.LogSettings()
+    log_settings.log_output = log_output
+    log_settings.enable_trace = False
+    return log_settings
+
+
+def _start_test(lg: Any, issue: Callable[[Any], None], settings_values: dict[str, Any], total: int,
+                performance: int, out_dir: str) -> float:
+    """Run the LoadGen test (it returns once every sample is completed); its wall-clock seconds."""
+    settings = _apply(lg, settings_values)
+    sut = lg.ConstructSUT(issue, lambda: None)
+    qsl = lg.ConstructQSL(total, performance, lambda indices: None, lambda indices: None)
+    log_settings = _log_settings(lg, out_dir)
+    no_audit = os.path.join(out_dir, "no-audit.config.absent")  # must not exist: see the module's docstring
+    started = time.perf_counter()
+    lg.StartTestWithLogSettings(sut, qsl, settings, log_settings, no_audit)
+    elapsed = time.perf_counter() - started
+    lg.DestroyQSL(qsl)
+    lg.DestroySUT(sut)
+    return elapsed
+
+
 def child_main(conn: Any, settings_values: dict[str, Any], total: int, performance: int, out_dir: str,
                response_spin_s: float = SPIN_S, parent_pid: Optional[int] = None,
                from_main_thread: bool = False) -> None:
@@ -112,100 +224,13 @@ def child_main(conn: Any, settings_values: dict[str, Any], total: int, performan
     except Exception as exc:  # pragma: no cover - the parent checks availability first
         conn.send(("fail", f"cannot import mlperf_loadgen: {exc}"))
         os._exit(3)
-    send_lock = threading.Lock()
-    outstanding: dict[int, bool] = {}
-    outstanding_lock = threading.Lock()
-    errors: list[str] = []
-    keep: list[Any] = []  # response buffers stay alive until LoadGen copied them
-
-    def send(message: tuple) -> bool:
-        try:
-            with send_lock:
-                conn.send(message)
-            return True
-        except (OSError, EOFError, ValueError):
-            return False
-
-    def complete(ids: list[int], data: Optional[bytes]) -> None:
-        responses = []
-        buffers = []
-        if data:
-            array = np.frombuffer(data, dtype=np.int32)
-            per = max(1, len(array) // max(1, len(ids)))
-            for i, sample_id in enumerate(ids):
-                buf = np.ascontiguousarray(array[i * per:(i + 1) * per])
-                buffers.append(buf)
-                responses.append(lg.QuerySampleResponse(sample_id, buf.ctypes.data, buf.nbytes))
-        else:
-            responses = [lg.QuerySampleResponse(sample_id, 0, 0) for sample_id in ids]
-        with outstanding_lock:
-            for sample_id in ids:
-                outstanding.pop(sample_id, None)
-        keep.append(buffers)
-        lg.QuerySamplesComplete(responses)
-        keep.clear()
-
-    def issue(samples: Any) -> None:
-        # Never raise out of here (LoadGen would abort the test and crash the interpreter at exit).
-        try:
-            ids = [s.id for s in samples]
-            indices = [s.index for s in samples]
-            with outstanding_lock:
-                for sample_id in ids:
-                    outstanding[sample_id] = True
-            if not send(("q", ids, indices)):
-                errors.append("the parent stopped serving queries")
-                complete(ids, None)
-        except Exception as exc:  # pragma: no cover - defensive
-            errors.append(f"issue_query: {type(exc).__name__}: {exc}")
-            try:
-                complete([s.id for s in samples], None)
-            except Exception:
-                pass
-
-    def receive() -> None:
-        while True:
-            try:
-                message = _receive(conn, response_spin_s)
-            except (EOFError, OSError):
-                break
-            if message[0] == "stop":
-                break
-            _, ids, data, error = message
-            if error and len(errors) < 5:
-                errors.append(error)
-            try:
-                complete(ids, data if not error else None)
-            except Exception as exc:  # pragma: no cover
-                errors.append(f"QuerySamplesComplete: {exc}")
-        # The parent is gone or stopped: complete what is left, so StartTest returns.
-        with outstanding_lock:
-            left = list(outstanding)
-        if left:
-            errors.append(f"{len(left)} sample(s) never answered")
-            complete(left, None)
-
-    receiver = threading.Thread(target=receive, name="cnnbench-loadgen-responses", daemon=True)
+    sut = _ForwardingSut(lg, np, conn, response_spin_s)
+    receiver = threading.Thread(target=sut.receive, name="cnnbench-loadgen-responses", daemon=True)
     receiver.start()
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     os.chdir(out_dir)  # anything LoadGen writes relative to the working directory lands here
-    settings = _apply(lg, settings_values)
-    sut = lg.ConstructSUT(issue, lambda: None)
-    qsl = lg.ConstructQSL(total, performance, lambda indices: None, lambda indices: None)
-    log_output = lg.LogOutputSettings()
-    log_output.outdir = out_dir
-    log_output.prefix = "mlperf_log_"
-    log_output.copy_summary_to_stdout = False
-    log_settings = lg.LogSettings()
-    log_settings.log_output = log_output
-    log_settings.enable_trace = False
-    no_audit = os.path.join(out_dir, "no-audit.config.absent")  # must not exist: see the module's docstring
-    started = time.perf_counter()
-    lg.StartTestWithLogSettings(sut, qsl, settings, log_settings, no_audit)
-    elapsed = time.perf_counter() - started
-    lg.DestroyQSL(qsl)
-    lg.DestroySUT(sut)
-    send(("done", {"errors": errors, "wall_s": elapsed}))
+    elapsed = _start_test(lg, sut.issue, settings_values, total, performance, out_dir)
+    sut.send(("done", {"errors": sut.errors, "wall_s": elapsed}))
     try:
         conn.close()
     except OSError:

@@ -230,17 +230,37 @@ def run_scenarios(call: Callable[[Any], Any], images: Any, labels: Any, batch_si
     hints = dataclasses.replace(ScenarioHints.of(hints), batch_size=batch_size)
     total = int(len(images))
     predict = _predictor(call, images, batch_size)
+    hints, out["overhead"] = _with_overhead(hints, out_dir, options)
+    if "single-stream" in scenarios and batch_size == 1 and hints.p90_s is not None:
+        hints = _with_serving_p90(hints, predict, total)
+    stuck = _run_each(scenarios, predict, total, hints, out_dir, options, out)
+    if not stuck and labels is not None and hints.top1 is not None:
+        _accuracy(predict, labels, total, hints, out_dir / "accuracy", options, out)
+    return out
+
+
+def _with_overhead(hints: ScenarioHints, out_dir: Path, options: ScenarioOptions) -> tuple[ScenarioHints, dict[str, Any]]:
+    """``hints`` with LoadGen's measured per-sample overhead (``overhead_s``), and that measurement's record."""
     # The child polls for answers to fast calls only, and a blocked child's wake-up adds to each query:
     # the overhead that applies is the one measured the way this cell's child will wait.
     spin = response_spin(hints)
     call_s = 0.0 if spin else float(hints.p50_s or 0.0)
-    overhead = out["overhead"] = dict(measure_overhead(out_dir.parent, options, spin, call_s))
-    hints = dataclasses.replace(hints, overhead_s=float(overhead.get("p50_ms") or 0.0) / 1000.0)
-    if "single-stream" in scenarios and batch_size == 1 and hints.p90_s is not None:
-        try:
-            hints = dataclasses.replace(hints, serving_p90_s=serving_p90(predict, total, float(hints.p50_s or 1e-3)))
-        except Exception:  # the backend fails on its first call: LoadGen's run says so, with its message
-            hints = dataclasses.replace(hints, serving_p90_s=None)
+    overhead = dict(measure_overhead(out_dir.parent, options, spin, call_s))
+    return dataclasses.replace(hints, overhead_s=float(overhead.get("p50_ms") or 0.0) / 1000.0), overhead
+
+
+def _with_serving_p90(hints: ScenarioHints, predict: Callable[[list[int]], bytes], total: int) -> ScenarioHints:
+    """``hints`` with the SUT's call timed back to back (``serving_p90_s``, shown beside the p90 check)."""
+    try:
+        return dataclasses.replace(hints, serving_p90_s=serving_p90(predict, total, float(hints.p50_s or 1e-3)))
+    except Exception:  # the backend fails on its first call: LoadGen's run says so, with its message
+        return dataclasses.replace(hints, serving_p90_s=None)
+
+
+def _run_each(scenarios: Sequence[str], predict: Callable[[list[int]], bytes], total: int, hints: ScenarioHints,
+              out_dir: Path, options: ScenarioOptions, out: dict[str, Any]) -> bool:
+    """Each scenario in turn, its entry (or error, or skip) into ``out``. Returns whether the backend's
+    call got stuck: then nothing more can run on it, and the scenarios left are recorded as not run."""
     stuck = False
     for scenario in scenarios:
         if stuck:
@@ -248,12 +268,8 @@ def run_scenarios(call: Callable[[Any], Any], images: Any, labels: Any, batch_si
             continue
         folder = out_dir / scenario
         if scenario == "server":
-            bound = latency_bound_ms(options, str(hints.model or ""))
+            bound = _server_bound(options, hints, out)
             if bound is None:
-                reason = (f"no latency bound for model {hints.model!r} (mlperf.conf has one for resnet50 only); "
-                          "give --cnn-server-latency-ms")
-                out["scenarios"][scenario] = {"skipped": reason}
-                out["notes"].append(f"server: skipped: {reason}")
                 continue
             entry, error, stuck = _server(predict, total, hints, out_dir, options, bound)
         else:
@@ -267,10 +283,19 @@ def run_scenarios(call: Callable[[Any], Any], images: Any, labels: Any, batch_si
         assert entry is not None
         out["scenarios"][scenario] = entry
         if scenario == "single-stream":
-            _check_p90(entry, hints, overhead, batch_size, out)
-    if not stuck and labels is not None and hints.top1 is not None:
-        _accuracy(predict, labels, total, hints, out_dir / "accuracy", options, out)
-    return out
+            _check_p90(entry, hints, out["overhead"], hints.batch_size, out)
+    return stuck
+
+
+def _server_bound(options: ScenarioOptions, hints: ScenarioHints, out: dict[str, Any]) -> Optional[float]:
+    """The server scenario's latency bound in ms; None, with the skip recorded in ``out``, where there is none."""
+    bound = latency_bound_ms(options, str(hints.model or ""))
+    if bound is None:
+        reason = (f"no latency bound for model {hints.model!r} (mlperf.conf has one for resnet50 only); "
+                  "give --cnn-server-latency-ms")
+        out["scenarios"]["server"] = {"skipped": reason}
+        out["notes"].append(f"server: skipped: {reason}")
+    return bound
 
 
 def _check_p90(entry: dict[str, Any], hints: Hints, overhead: dict[str, Any], batch_size: int,

@@ -265,3 +265,63 @@ def test_a_hog_started_during_one_cell_flags_that_cell_only(tiny_project):
     strict = tiny_project.runpytest_subprocess(*args, "--cnn-strict")
     strict.assert_outcomes(passed=2, failed=1)
     assert any(line.startswith("FAILED") and "bs2" in line and "disturbed timing" in line for line in strict.outlines)
+
+
+# Jittery, and logs each preparation and close; a preparation on 1 thread (the re-measurement's) breaks when timed.
+FRAGILE = '''
+
+import os
+
+from pytest_cnnbench import register_backend
+
+
+@register_backend("fragile", description="jittery; its 1-thread preparation raises when timed")
+def fragile():
+    inner = jittery()
+    log, made = os.environ["CNNBENCH_TEST_CLOSE_LOG"], []
+
+    def note(text):
+        with open(log, "a") as f:
+            f.write(text + "\\n")
+
+    class Fragile:
+        name = "fragile"
+
+        def unavailable_reason(self, device, precision):
+            return None
+
+        def prepare(self, module, ctx):
+            made.append(1)
+            number, threads, prepared = len(made), ctx.threads, inner.prepare(module, ctx)
+            note(f"prepare {number} threads={threads}")
+            bind, close = prepared.bind, prepared.close
+
+            def broken():
+                raise RuntimeError("broken on 1 thread")
+
+            def close_once_noted():
+                note(f"close {number}")
+                close()
+
+            prepared.bind = (lambda batch: broken) if threads == 1 else bind
+            prepared.close = close_once_noted
+            return prepared
+
+    return Fragile()
+'''
+
+
+def test_a_re_measurement_that_fails_closes_each_prepared_model_once(tiny_project, monkeypatch):
+    """The re-measurement on 1 thread prepares the model again; when its timing then raises, the new
+    preparation is closed too, and the first is not closed a second time. The cell fails; the run goes on."""
+    add_to_conftest(tiny_project, JITTERY + FORCE_BUSY + FRAGILE)
+    log = tiny_project.path / "closes.log"
+    monkeypatch.setenv("CNNBENCH_TEST_CLOSE_LOG", str(log))
+    result = run(tiny_project, "--cnn-backend=fragile,eager", "--cnn-threads=2")
+    result.assert_outcomes(failed=1, passed=1)
+    assert "broken on 1 thread" in result.stdout.str()
+    lines = log.read_text().splitlines()
+    prepared = [line.split()[1] for line in lines if line.startswith("prepare")]
+    closed = [line.split()[1] for line in lines if line.startswith("close")]
+    assert "threads=1" in " ".join(lines), lines  # the re-measurement ran
+    assert sorted(closed) == sorted(prepared), lines

@@ -14,7 +14,7 @@ import torch
 
 from .. import progress, threadchoice
 from .. import results as R
-from ..backends.base import PrepareContext, Prepared, device_events
+from ..backends.base import Prepared, device_events
 from ..stats import (SESSION_HISTORY, UNSTABLE_CI, LatencyStats, Speedup, at_usual_pace, own_spread, pace_spread,
                      session_spread)
 from ..pytestbenchmark import hand_to_benchmark
@@ -22,7 +22,6 @@ from ..timing import Companion, Timing, TimingRules, time_cell
 from ..verdicts import own_spread_reason
 from .context import CellContext, phase
 from .inputs import Inputs
-from .prepare import prepare_again
 from .reference import REFERENCE, ReferenceCompanion
 
 
@@ -67,17 +66,18 @@ def timing_rules(settings: Any) -> TimingRules:
     return TimingRules(s.warmup, s.min_rounds, s.max_rounds, s.max_time, s.target_ci, s.min_time)
 
 
-def measure_latency(cell: CellContext, prepared: Prepared, ctx: PrepareContext, inputs: Inputs, result: R.CellResult,
+def measure_latency(cell: CellContext, prepared: Prepared, inputs: Inputs, result: R.CellResult,
                     calls: Optional[dict[str, Callable[[], Any]]], reference: Optional[ReferenceCompanion],
-                    benchmark: Any) -> Latency:
+                    benchmark: Any, again_on: Callable[[int], Prepared]) -> Latency:
     """Time the cell alone on the machine (the exclusive lock) and record its latency, throughput, load,
-    speedup and pinning into the row."""
+    speedup and pinning into the row. ``again_on(threads)`` prepares the model again for a re-measurement
+    (the pipeline holds, and closes, what it prepares)."""
     rules = timing_rules(cell.settings)
     companions = {name: Companion(call) for name, call in (calls or {}).items()}
     if reference is not None:
         companions[REFERENCE] = reference.companion
     with phase(result.phases_s, "timing"), torch.inference_mode(), cell.lock.exclusive():
-        session = _time_once_or_twice(cell, prepared, ctx, inputs.batch, rules, result, companions)
+        session = _time_once_or_twice(cell, prepared, again_on, inputs.batch, rules, result, companions)
         hand_to_benchmark(benchmark, session.timing.seconds)
         stats = _with_history(cell, session, rules, result, reference)
         result.thread_pinning = threadchoice.pinning(session.prepared)  # as timed last (a re-measurement may move it)
@@ -91,7 +91,7 @@ def measure_latency(cell: CellContext, prepared: Prepared, ctx: PrepareContext, 
     return Latency(stats, session.prepared, session.timing.companions, session.timing.paired)
 
 
-def _time_once_or_twice(cell: CellContext, prepared: Prepared, ctx: PrepareContext, batch: torch.Tensor,
+def _time_once_or_twice(cell: CellContext, prepared: Prepared, again_on: Callable[[int], Prepared], batch: torch.Tensor,
                         rules: TimingRules, result: R.CellResult, companions: dict[str, Companion]) -> _Session:
     """Time the cell beside its companions; measure it again once if its own measurement was disturbed:
     on 1 thread where other processes compete for the cores (the reference follows), else for twice as long."""
@@ -111,7 +111,7 @@ def _time_once_or_twice(cell: CellContext, prepared: Prepared, ctx: PrepareConte
             and machine.busy_reasons(first.load.as_dict())):
         # Threads of one call wait on a sibling that other processes keep off a core.
         how = "on 1 thread (other processes compete for the cores)"
-        prepared = prepare_again(cell, prepared, ctx, 1, result)
+        prepared = again_on(1)
         if REFERENCE in companions:  # the reference follows: equal threads on both sides
             companions = {**companions, REFERENCE: dataclasses.replace(companions[REFERENCE], threads=1)}
     else:

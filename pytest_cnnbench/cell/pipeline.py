@@ -18,7 +18,7 @@ from .context import CellContext, phase
 from .inputs import Inputs, load_inputs
 from .latency import Latency, measure_latency
 from .memory import MemorySpan, record_held_after
-from .prepare import calibrate, describe_prepared, measure_scaling, prepare_with_threads
+from .prepare import calibrate, describe_prepared, measure_scaling, prepare_again, prepare_with_threads
 from .reference import REFERENCE, ReferenceCompanion, prepare_reference, reference_logits
 
 Calls = Optional[dict[str, Callable[[], Any]]]
@@ -49,6 +49,15 @@ class _Held:
             if held is not None:
                 held.close()
         self.cell = self.reference = None
+
+    def replace_cell(self, prepare: Callable[[], Prepared]) -> Prepared:
+        """Close the cell's prepared model, then hold the one ``prepare`` makes: each is closed once,
+        whether or not what comes after succeeds."""
+        if self.cell is not None:
+            self.cell.close()
+            self.cell = None
+        self.cell = prepare()
+        return self.cell
 
 
 def new_result(cell: CellContext) -> R.CellResult:
@@ -104,9 +113,11 @@ def _time(cell: CellContext, held: _Held, ctx: PrepareContext, inputs: Inputs, c
     """Prepare the eager reference beside the cell, at its thread count, and time the two side by side."""
     with phase(result.phases_s, "prepare"):
         held.reference = prepare_reference(cell, ctx, inputs.batch, result.threads)
-    latency = measure_latency(cell, held.cell, ctx, inputs, result, calls, held.reference, benchmark)
-    held.cell = latency.prepared  # a re-measurement on 1 thread prepared it again
-    return latency
+
+    def again_on(threads: int) -> Prepared:  # a re-measurement on 1 thread prepares the model again
+        return held.replace_cell(lambda: prepare_again(cell, ctx, threads, result))
+
+    return measure_latency(cell, held.cell, inputs, result, calls, held.reference, benchmark, again_on)
 
 
 def companions_ms(latency: Optional[Latency]) -> dict[str, Any]:

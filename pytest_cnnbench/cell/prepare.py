@@ -132,9 +132,8 @@ def describe_prepared(cell: CellContext, prepared: Prepared, ctx: PrepareContext
         result.artifact_mb = prepared.artifact_bytes / 2**20
 
 
-def prepare_again(cell: CellContext, old: Prepared, ctx: PrepareContext, threads: int, result: R.CellResult) -> Prepared:
-    """Close ``old`` and prepare the model again on ``threads`` (a re-measurement on 1 thread)."""
-    old.close()
+def prepare_again(cell: CellContext, ctx: PrepareContext, threads: int, result: R.CellResult) -> Prepared:
+    """Prepare the model again on ``threads`` (a re-measurement on 1 thread); the caller closed the first."""
     torch.set_num_threads(threads)
     ctx.threads = threads
     with torch.inference_mode(False):

@@ -94,15 +94,19 @@ FLAGS = {"cnn-no-download", "cnn-profile", "cnn-selfcheck", "cnn-require-accurac
 MULTI = {"cnn-report"}  # may be given several times
 
 
-def add_options(parser: pytest.Parser) -> None:
+def add_options(parser: pytest.Parser, options: Optional[dict[str, tuple[str, Optional[str]]]] = None,
+                flags: frozenset[str] | set[str] = frozenset(), multi: frozenset[str] | set[str] = frozenset()) -> None:
+    """Each option in the cnnbench group with its ini twin: the core's (the default), or a sub-plugin's own."""
+    if options is None:
+        options, flags, multi = OPTIONS, FLAGS, MULTI
     group = parser.getgroup("cnnbench", "CNN inference benchmarking (pytest-cnnbench)")
-    for name, (ini_help, default) in OPTIONS.items():
+    for name, (ini_help, default) in options.items():
         ini = name.replace("-", "_")
         help_text = ini_help.replace("%", "%%")  # argparse %-formats command-line help, not ini help
-        if name in FLAGS:
+        if name in flags:
             group.addoption(f"--{name}", action="store_true", default=None, dest=ini, help=help_text)
             parser.addini(ini, ini_help, type="bool", default=False)
-        elif name in MULTI:
+        elif name in multi:
             group.addoption(f"--{name}", action="append", default=None, dest=ini, metavar="PATH", help=help_text)
             parser.addini(ini, ini_help, default=default)
         else:

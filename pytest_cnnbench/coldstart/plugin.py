@@ -32,16 +32,9 @@ FAILURE_KEY = pytest.StashKey[str]()  # per item: why its cold start failed
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("cnnbench", "CNN inference benchmarking (pytest-cnnbench)")
-    for name, (text, default) in OPTIONS.items():
-        ini = name.replace("-", "_")
-        if name in FLAGS:
-            group.addoption(f"--{name}", action="store_true", default=None, dest=ini, help=text)
-            parser.addini(ini, text, type="bool", default=False)
-        else:
-            group.addoption(f"--{name}", action="store", default=None, dest=ini, metavar="VALUE",
-                            help=f"{text} (default: {default})")
-            parser.addini(ini, text, default=default)
+    from ..options import add_options
+
+    add_options(parser, OPTIONS, FLAGS)
 
 
 def parse(config: pytest.Config) -> Optional[ColdStartSettings]:

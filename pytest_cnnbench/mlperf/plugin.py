@@ -35,18 +35,9 @@ VERDICT_KEY = pytest.StashKey[Any]()  # per item: cell.Verdict, when LoadGen ski
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("cnnbench", "CNN inference benchmarking (pytest-cnnbench)")
-    for name, (text, default) in OPTIONS.items():
-        ini = name.replace("-", "_")
-        help_text = text.replace("%", "%%")  # argparse %-formats command-line help, not ini help
-        if name in FLAGS:
-            group.addoption(f"--{name}", action="store_true", default=None, dest=ini, help=help_text)
-            parser.addini(ini, text, type="bool", default=False)
-        else:
-            shown = f" (default: {default})" if default is not None else ""
-            group.addoption(f"--{name}", action="store", default=None, dest=ini, metavar="VALUE",
-                            help=help_text + shown)
-            parser.addini(ini, text, default=default)
+    from ..options import add_options
+
+    add_options(parser, OPTIONS, FLAGS)
 
 
 def parse(config: pytest.Config) -> ScenarioOptions:
